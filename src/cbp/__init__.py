@@ -1,0 +1,29 @@
+"""cbp: batch-normalization statistics and gradients for NumPy.
+
+Caffe2's channel-backprop operator family (ChannelBackpropStats, the dX of
+batch norm, forward statistics) as fused, multi-threaded CPU kernels for
+float32 and float64 arrays in NCHW and NHWC layouts.
+"""
+from ._api import (
+    batch_norm_backward,
+    batch_norm_dx,
+    batch_norm_forward,
+    batch_norm_inference,
+    channel_backprop_stats,
+    channel_stats,
+)
+from ._config import show_config
+from ._stats import ChannelStats
+from ._version import __version__
+
+__all__ = [
+    "ChannelStats",
+    "__version__",
+    "batch_norm_backward",
+    "batch_norm_dx",
+    "batch_norm_forward",
+    "batch_norm_inference",
+    "channel_backprop_stats",
+    "channel_stats",
+    "show_config",
+]

@@ -1,0 +1,82 @@
+# Work decomposition shared by every kernel.
+#
+# A reduction is cut into units that depend only on the array's shape, never on
+# the thread count. One thread sums a unit in a fixed order, and the units of a
+# channel are combined in a fixed order, so every result is bitwise identical
+# for any num_threads; threads only decide who computes which unit.
+#
+# Arrays reach the kernels as (N, C, S) C-contiguous blocks: NCHW keeps the
+# spatial size in S; NHWC (and NCHW with S == 1) arrives as (rows, C, 1) and
+# runs the "column" kernels, which sweep whole rows of C channels.
+
+cdef enum:
+    # Independent accumulators per plane: the compiler vectorizes a loop over
+    # them without reassociating any sum (no -ffast-math needed).
+    LANES = 16
+    # Float32 partial sums stay short (PLANE_BLOCK / LANES = 16 terms per lane)
+    # before they are added into float64.
+    PLANE_BLOCK = 256
+    # Column kernels: (fused) rows accumulated in the input type before a
+    # float64 flush, i.e. at most this many terms per float32 accumulator.
+    ROW_FLUSH = 32
+    # NCHW: channels are grouped so that each image contributes one contiguous
+    # run of at least this many elements to a unit (short planes such as 7x7).
+    RUN_ELEMS = 1024
+    # NCHW: at most this many elements in a unit, so the units inside one
+    # cache block are numerous enough to balance the threads.
+    UNIT_ELEMS = 65536
+    # Enough units to keep this many threads busy.
+    MIN_UNITS = 64
+    # Column kernels fuse consecutive rows until a fused row has at least this
+    # many elements, so a small C still gives long vectorizable inner loops.
+    WIDEN = 64
+
+
+cdef struct PlanePlan:
+    Py_ssize_t cb     # channels per channel block
+    Py_ssize_t ncb    # number of channel blocks
+    Py_ssize_t ng     # number of image groups; a unit is (channel block, image group)
+
+
+cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef inline PlanePlan plane_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S) noexcept nogil:
+    cdef PlanePlan p
+    if S >= RUN_ELEMS:
+        p.cb = 1
+    else:
+        p.cb = min(C, ceil_div(RUN_ELEMS, S))
+    p.ncb = ceil_div(C, p.cb)
+    p.ng = max(ceil_div(N * p.cb * S, UNIT_ELEMS), ceil_div(MIN_UNITS, p.ncb))
+    p.ng = max(1, min(p.ng, N))
+    return p
+
+
+cdef inline Py_ssize_t column_units(Py_ssize_t R) noexcept nogil:
+    return max(1, min(R, MIN_UNITS))
+
+
+cdef inline Py_ssize_t column_widen(Py_ssize_t C) noexcept nogil:
+    if C >= WIDEN:
+        return 1
+    return ceil_div(WIDEN, C)
+
+
+cdef inline void chan_merge(double* n_a, double* mean_a, double* m2_a,
+                            double n_b, double mean_b, double m2_b) noexcept nogil:
+    # Chan, Golub & LeVeque: exact combination of two (count, mean, M2) triples.
+    cdef double n, delta
+    if n_b == 0:
+        return
+    if n_a[0] == 0:
+        n_a[0] = n_b
+        mean_a[0] = mean_b
+        m2_a[0] = m2_b
+        return
+    n = n_a[0] + n_b
+    delta = mean_b - mean_a[0]
+    mean_a[0] = mean_a[0] + delta * (n_b / n)
+    m2_a[0] = m2_a[0] + m2_b + delta * delta * (n_a[0] * (n_b / n))
+    n_a[0] = n

@@ -1,0 +1,116 @@
+"""ChannelStats: per-channel count, mean and M2, with an exact merge."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._validation import positive_scalar
+
+
+class _EitherMethod:
+    """`ChannelStats.merge(a, b)` and `a.merge(b)` both merge every part named."""
+
+    def __init__(self, func):
+        self.func = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj, cls):
+        if obj is None:
+            return lambda *parts: self.func(cls, *parts)
+        return lambda *parts: self.func(cls, obj, *parts)
+
+
+class ChannelStats:
+    """Per-channel statistics of a batch.
+
+    Attributes
+    ----------
+    count : int
+        Elements per channel (N times the spatial size).
+    mean : ndarray of float64, shape (C,)
+    m2 : ndarray of float64, shape (C,)
+        Sum of squared deviations from the mean.
+    var : ndarray of float64, shape (C,)
+        Biased variance ``m2 / count``, as batch norm uses.
+
+    An empty batch has count 0, mean 0 and m2 0 (var 0): the neutral element of
+    :meth:`merge`.
+    """
+
+    __slots__ = ("count", "mean", "m2")
+
+    def __init__(self, count, mean, m2):
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral):
+            raise TypeError(f"count must be an integer, got {type(count).__name__}")
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        mean = np.array(mean, dtype=np.float64, copy=True)
+        m2 = np.array(m2, dtype=np.float64, copy=True)
+        if mean.ndim != 1:
+            raise ValueError(f"mean must be 1-D (one value per channel), got shape {mean.shape}")
+        if m2.shape != mean.shape:
+            raise ValueError(f"m2 must have the shape of mean {mean.shape}, got {m2.shape}")
+        if (m2 < 0).any():
+            raise ValueError("m2 must be >= 0")
+        if count == 0 and (mean.any() or m2.any()):
+            raise ValueError("empty statistics (count 0) must have mean 0 and m2 0")
+        mean.flags.writeable = False
+        m2.flags.writeable = False
+        self.count = int(count)
+        self.mean = mean
+        self.m2 = m2
+
+    @property
+    def channels(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def var(self) -> np.ndarray:
+        if self.count == 0:
+            return np.zeros_like(self.m2)
+        return self.m2 / self.count
+
+    def inv_std(self, eps: float = 1e-5) -> np.ndarray:
+        """``1 / sqrt(var + eps)`` per channel, float64."""
+        eps = positive_scalar(eps, "eps")
+        return 1.0 / np.sqrt(self.var + eps)
+
+    @_EitherMethod
+    def merge(cls, *parts: "ChannelStats") -> "ChannelStats":
+        """Combine statistics of disjoint parts of a batch exactly (Chan et al.).
+
+        Called as ``ChannelStats.merge(a, b, ...)`` or ``a.merge(b, ...)``. Parts
+        are combined left to right; empty parts are neutral.
+        """
+        if not parts:
+            raise ValueError("merge needs at least one ChannelStats")
+        for p in parts:
+            if not isinstance(p, ChannelStats):
+                raise TypeError(f"merge takes ChannelStats, got {type(p).__name__}")
+            if p.channels != parts[0].channels:
+                raise ValueError(f"cannot merge statistics of {parts[0].channels} and "
+                                 f"{p.channels} channels")
+        count = 0
+        mean = np.zeros(parts[0].channels)
+        m2 = np.zeros(parts[0].channels)
+        for p in parts:
+            if p.count == 0:
+                continue
+            total = count + p.count
+            delta = p.mean - mean
+            mean = mean + delta * (p.count / total)
+            m2 = m2 + p.m2 + delta * delta * (count * (p.count / total))
+            count = total
+        return cls(count, mean, m2)
+
+    def __repr__(self) -> str:
+        return (f"ChannelStats(count={self.count}, mean={self.mean!r}, var={self.var!r})")
+
+    def __eq__(self, other):
+        if not isinstance(other, ChannelStats):
+            return NotImplemented
+        return (self.count == other.count and np.array_equal(self.mean, other.mean)
+                and np.array_equal(self.m2, other.m2))
+
+    __hash__ = None

@@ -1,0 +1,143 @@
+"""Argument checks shared by the public functions.
+
+Every check raises TypeError for a wrong kind of thing (dtype, type) and
+ValueError for a wrong value (shape, layout, range), with a message that names
+the argument, what was expected and what was given.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels
+
+LAYOUTS = ("NCHW", "NHWC")
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@dataclass(frozen=True)
+class Canonical:
+    """An activation-shaped array viewed as the (N, C, S) block the kernels take."""
+
+    array: np.ndarray  # the C-contiguous array, in the caller's shape
+    block: np.ndarray  # (N, C, S) view of it; S == 1 for channels-last
+    channels: int
+    count: int  # elements per channel
+
+
+def check_layout(layout) -> str:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    return layout
+
+
+def resolve_threads(num_threads) -> int:
+    """None: the OpenMP default (OMP_NUM_THREADS, threadpoolctl); n < 0: max + 1 + n."""
+    if num_threads is None:
+        return max(1, _kernels.max_threads())
+    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
+        raise TypeError(f"num_threads must be an int or None, got {type(num_threads).__name__}")
+    n = int(num_threads)
+    if n == 0:
+        raise ValueError("num_threads must not be 0 (use None for the OpenMP default)")
+    if n < 0:
+        n = max(1, _kernels.max_threads() + 1 + n)
+    return n
+
+
+def activation(x, name: str, layout: str, like: Canonical | None = None) -> Canonical:
+    """Check an x-shaped input and view it as an (N, C, S) block.
+
+    Arrays that are not C-contiguous are copied (np.ascontiguousarray); the
+    kernels never read through strides.
+    """
+    arr = np.asarray(x)
+    if arr.dtype not in _FLOATS:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    if like is not None:
+        ref = like.array
+        if arr.dtype != ref.dtype:
+            raise TypeError(f"{name} must have the same dtype as x ({ref.dtype}), got {arr.dtype}")
+        if arr.shape != ref.shape:
+            raise ValueError(f"{name} must have the shape of x {ref.shape}, got {arr.shape}")
+    elif not 2 <= arr.ndim <= 5:
+        raise ValueError(f"{name} must have 2 to 5 dimensions, got {arr.ndim} (shape {arr.shape})")
+    arr = np.ascontiguousarray(arr)
+    if layout == "NCHW":
+        n, c = arr.shape[0], arr.shape[1]
+        s = math.prod(arr.shape[2:])
+    else:
+        c = arr.shape[-1]
+        n, s = math.prod(arr.shape[:-1]), 1
+    return Canonical(arr, arr.reshape(n, c, s), c, n * s)
+
+
+def channel_vector(v, name: str, channels: int, *, finite=False, positive=False,
+                   nonnegative=False) -> np.ndarray:
+    """A per-channel vector: 1-D, length C, real floating; returned as float64."""
+    arr = np.asarray(v)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(f"{name} must be a floating-point array of length {channels}, "
+                        f"got dtype {arr.dtype}")
+    if arr.shape != (channels,):
+        raise ValueError(f"{name} must have shape ({channels},) (one value per channel), "
+                         f"got {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if (finite or positive or nonnegative) and not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite, got {_first_bad(arr, ~np.isfinite(arr))}")
+    if positive and not (arr > 0).all():
+        raise ValueError(f"{name} must be > 0, got {_first_bad(arr, ~(arr > 0))}")
+    if nonnegative and not (arr >= 0).all():
+        raise ValueError(f"{name} must be >= 0, got {_first_bad(arr, ~(arr >= 0))}")
+    return arr
+
+
+def _first_bad(arr, mask) -> str:
+    i = int(np.flatnonzero(mask)[0])
+    return f"{arr[i]!r} at channel {i}"
+
+
+def positive_scalar(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def count_arg(count) -> int:
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral):
+        raise TypeError(f"count must be an integer (elements per channel), "
+                        f"got {type(count).__name__} {count!r}")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    return int(count)
+
+
+def output(out, x: Canonical, reads: tuple) -> Canonical:
+    """Check or allocate an x-shaped output; it may be exactly one of `reads`."""
+    ref = x.array
+    if out is None:
+        arr = np.empty_like(ref, order="C")
+        return Canonical(arr, arr.reshape(x.block.shape), x.channels, x.count)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != ref.dtype:
+        raise TypeError(f"out must have dtype {ref.dtype} (the dtype of x), got {out.dtype}")
+    if out.shape != ref.shape:
+        raise ValueError(f"out must have the shape of x {ref.shape}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable, got a read-only array")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous, got a strided array")
+    for arr in reads:
+        if np.may_share_memory(out, arr) and not (
+                out.__array_interface__["data"][0] == arr.__array_interface__["data"][0]
+                and out.strides == arr.strides):
+            raise ValueError("out partially overlaps an input; it may only be exactly "
+                             "x or dy (in place) or a separate array")
+    return Canonical(out, out.reshape(x.block.shape), x.channels, x.count)
