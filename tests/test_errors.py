@@ -1,0 +1,401 @@
+"""Every bad input in API_CONTRACT.md raises the documented exception type,
+with a message that names the argument.  Each rejection is paired with the
+valid call it was derived from, so a test cannot pass by everything failing."""
+import numpy as np
+import pytest
+
+import cbp
+import reference as ref
+
+SHAPE = (2, 3, 4, 4)
+C = 3
+M = 2 * 16
+
+
+def _good(layout="NCHW", dtype=np.float64):
+    rng = np.random.default_rng(600)
+    shp = SHAPE if layout == "NCHW" else (2, 4, 4, 3)
+    x = rng.standard_normal(shp).astype(dtype)
+    dy = rng.standard_normal(shp).astype(dtype)
+    _, mean, var, _ = ref.channel_stats(x, layout)
+    return dict(x=x, dy=dy, mean=mean, inv_std=1 / np.sqrt(var + 1e-5),
+                scale=rng.standard_normal(C), bias=rng.standard_normal(C),
+                var=var, dscale=rng.standard_normal(C), dbias=rng.standard_normal(C))
+
+
+# Each function described as (callable(**arrays, **kw), list of its array args)
+def call(name, a, **kw):
+    if name == "channel_stats":
+        return cbp.channel_stats(a["x"], **kw)
+    if name == "channel_backprop_stats":
+        return cbp.channel_backprop_stats(a["x"], a["dy"], a["mean"], a["inv_std"], **kw)
+    if name == "batch_norm_dx":
+        count = kw.pop("count", M)
+        return cbp.batch_norm_dx(a["x"], a["dy"], a["mean"], a["inv_std"], a["scale"],
+                                 a["dscale"], a["dbias"], count, **kw)
+    if name == "batch_norm_backward":
+        return cbp.batch_norm_backward(a["x"], a["dy"], a["mean"], a["inv_std"], a["scale"],
+                                       **kw)
+    if name == "batch_norm_forward":
+        return cbp.batch_norm_forward(a["x"], a["scale"], a["bias"], **kw)
+    if name == "batch_norm_inference":
+        return cbp.batch_norm_inference(a["x"], a["scale"], a["bias"], a["mean"], a["var"],
+                                        **kw)
+    raise AssertionError(name)
+
+
+ALL = ["channel_stats", "channel_backprop_stats", "batch_norm_dx", "batch_norm_backward",
+       "batch_norm_forward", "batch_norm_inference"]
+WITH_DY = ["channel_backprop_stats", "batch_norm_dx", "batch_norm_backward"]
+WITH_OUT = ["batch_norm_dx", "batch_norm_backward", "batch_norm_forward",
+            "batch_norm_inference"]
+WITH_EPS = ["batch_norm_forward", "batch_norm_inference"]
+VEC_ARGS = {
+    "channel_stats": [],
+    "channel_backprop_stats": ["mean", "inv_std"],
+    "batch_norm_dx": ["mean", "inv_std", "scale", "dscale", "dbias"],
+    "batch_norm_backward": ["mean", "inv_std", "scale"],
+    "batch_norm_forward": ["scale", "bias"],
+    "batch_norm_inference": ["scale", "bias", "mean", "var"],
+}
+VEC_CASES = [(f, v) for f in ALL for v in VEC_ARGS[f]]
+
+
+def _named(arg):
+    """Regex requiring the argument name as a whole word."""
+    return rf"(?<![A-Za-z0-9_]){arg}(?![A-Za-z0-9_])"
+
+
+def _check_valid_first(name, a, **kw):
+    """The unmodified call succeeds (so failures below are due to the change)."""
+    call(name, dict(a), **dict(kw))
+
+
+# ---------------------------------------------------------------------------
+# x / dy dtype and shape
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("bad", [np.int64, np.int32, np.float16, np.complex128, np.bool_,
+                                 np.longdouble if np.dtype(np.longdouble).itemsize > 8
+                                 else np.uint8])
+def test_x_bad_dtype(name, bad):
+    a = _good()
+    _check_valid_first(name, a)
+    a["x"] = a["x"].astype(bad) if bad is not np.complex128 else a["x"] + 1j
+    if name in WITH_DY:
+        a["dy"] = a["dy"].astype(a["x"].dtype)  # same dtype for both: x is the culprit
+    with pytest.raises(TypeError, match=_named("x")):
+        call(name, a)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_x_object_dtype(name):
+    a = _good()
+    a["x"] = a["x"].astype(object)
+    with pytest.raises(TypeError, match=_named("x")):
+        call(name, a)
+
+
+@pytest.mark.parametrize("name", WITH_DY)
+@pytest.mark.parametrize("xd,dyd", [(np.float32, np.float64), (np.float64, np.float32),
+                                    (np.float64, np.int64), (np.float32, np.float16)])
+def test_dy_dtype_mismatch(name, xd, dyd):
+    a = _good()
+    a["x"] = a["x"].astype(xd)
+    a["dy"] = a["dy"].astype(xd)
+    _check_valid_first(name, a)
+    a["dy"] = a["dy"].astype(dyd)
+    with pytest.raises(TypeError, match=_named("dy")):
+        call(name, a)
+
+
+@pytest.mark.parametrize("name", WITH_DY)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_dy_shape_mismatch(name, layout):
+    a = _good(layout)
+    _check_valid_first(name, a, layout=layout)
+    for bad in (a["dy"][:1], a["dy"][..., :-1], a["dy"].reshape(-1),
+                np.swapaxes(a["dy"], 2, 3)[:, :, :, :3], a["dy"][None]):
+        b = dict(a, dy=np.ascontiguousarray(bad))
+        with pytest.raises(ValueError, match=_named("dy")):
+            call(name, b, layout=layout)
+    # same size, different shape
+    b = dict(a, dy=a["dy"].reshape(a["dy"].shape[::-1]))
+    with pytest.raises(ValueError, match=_named("dy")):
+        call(name, b, layout=layout)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("ndim", [1, 6, 0])
+def test_bad_ndim(name, ndim):
+    a = _good()
+    _check_valid_first(name, a)
+    shp = {0: (), 1: (C,), 6: (2, C, 2, 2, 2, 2)}[ndim]
+    rng = np.random.default_rng(601)
+    a["x"] = rng.standard_normal(shp)
+    a["dy"] = rng.standard_normal(shp)
+    with pytest.raises(ValueError, match=_named("x")):
+        call(name, a)
+
+
+# ---------------------------------------------------------------------------
+# per-channel vectors
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,arg", VEC_CASES)
+@pytest.mark.parametrize("bad", ["short", "long", "2d", "scalar", "empty"])
+def test_vector_wrong_shape(name, arg, bad):
+    a = _good()
+    v = a[arg]
+    a[arg] = {"short": v[:-1], "long": np.append(v, 1.0), "2d": v[None, :],
+              "scalar": np.float64(v[0]), "empty": v[:0]}[bad]
+    with pytest.raises(ValueError, match=_named(arg)):
+        call(name, a)
+
+
+@pytest.mark.parametrize("name,arg", VEC_CASES)
+@pytest.mark.parametrize("bad", [np.int64, np.int32, np.complex128, "str", object, np.bool_])
+def test_vector_wrong_dtype(name, arg, bad):
+    a = _good()
+    v = np.abs(a[arg]) + 1.0
+    if bad == "str":
+        a[arg] = np.array(["1.0"] * C)
+    elif bad is object:
+        a[arg] = v.astype(object)
+    else:
+        a[arg] = v.astype(bad)
+    with pytest.raises(TypeError, match=_named(arg)):
+        call(name, a)
+
+
+@pytest.mark.parametrize("name,arg", VEC_CASES)
+@pytest.mark.parametrize("vd", [np.float16, np.float32, np.float64])
+def test_vector_floating_dtypes_accepted(name, arg, vd):
+    a = _good()
+    a[arg] = a[arg].astype(vd)
+    call(name, a)
+
+
+# ---------------------------------------------------------------------------
+# layout
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("bad", ["nchw", "nhwc", "XYZ", "", "NCHW ", None, 1, b"NCHW"])
+def test_bad_layout(name, bad):
+    a = _good()
+    _check_valid_first(name, a, layout="NCHW")
+    with pytest.raises(ValueError, match=_named("layout")):
+        call(name, a, layout=bad)
+
+
+# ---------------------------------------------------------------------------
+# eps, count, inv_std, mean, var
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", WITH_EPS)
+@pytest.mark.parametrize("eps", [0, 0.0, -1, -1e-5, float("nan"), float("inf"),
+                                 float("-inf")])
+def test_bad_eps(name, eps):
+    a = _good()
+    _check_valid_first(name, a, eps=1e-5)
+    with pytest.raises(ValueError, match=_named("eps")):
+        call(name, a, eps=eps)
+
+
+@pytest.mark.parametrize("count,exc", [(0, ValueError), (-3, ValueError),
+                                       (np.int64(0), ValueError),
+                                       (2.5, TypeError), (32.0, TypeError),
+                                       ("32", TypeError), (None, TypeError)])
+def test_bad_count(count, exc):
+    a = _good()
+    _check_valid_first("batch_norm_dx", a, count=M)
+    with pytest.raises(exc, match=_named("count")):
+        call("batch_norm_dx", a, count=count)
+
+
+@pytest.mark.parametrize("name", ["channel_backprop_stats", "batch_norm_dx",
+                                  "batch_norm_backward"])
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), -0.0])
+def test_bad_inv_std(name, bad):
+    a = _good()
+    a["inv_std"] = a["inv_std"].copy()
+    a["inv_std"][1] = bad
+    with pytest.raises(ValueError, match=_named("inv_std")):
+        call(name, a)
+
+
+@pytest.mark.parametrize("name", ["channel_backprop_stats", "batch_norm_dx",
+                                  "batch_norm_backward", "batch_norm_inference"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_bad_mean(name, bad):
+    a = _good()
+    a["mean"] = a["mean"].copy()
+    a["mean"][2] = bad
+    with pytest.raises(ValueError, match=_named("mean")):
+        call(name, a)
+
+
+@pytest.mark.parametrize("bad", [-1e-3, -1.0, float("nan"), float("inf")])
+def test_bad_var(bad):
+    a = _good()
+    _check_valid_first("batch_norm_inference", a)
+    a["var"] = a["var"].copy()
+    a["var"][0] = bad
+    with pytest.raises(ValueError, match=_named("var")):
+        call("batch_norm_inference", a)
+
+
+def test_var_zero_is_valid():
+    a = _good()
+    a["var"] = np.zeros(C)
+    y = call("batch_norm_inference", a, eps=0.25)
+    want = ref.batch_norm_inference(a["x"], a["scale"], a["bias"], a["mean"], a["var"], 0.25)
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# num_threads
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("bad,exc", [(0, ValueError), ("2", TypeError), (2.0, TypeError),
+                                     (1.5, TypeError), ([2], TypeError)])
+def test_bad_num_threads(name, bad, exc):
+    a = _good()
+    _check_valid_first(name, a, num_threads=2)
+    with pytest.raises(exc, match=_named("num_threads")):
+        call(name, a, num_threads=bad)
+
+
+@pytest.mark.parametrize("nt", [np.int64(2), np.int32(1), -1, -100])
+def test_num_threads_integer_forms_accepted(nt):
+    a = _good()
+    s = cbp.channel_stats(a["x"], num_threads=nt)
+    np.testing.assert_allclose(s.var, ref.channel_stats(a["x"], "NCHW")[2], rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# out
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", WITH_OUT)
+def test_out_wrong_shape(name):
+    a = _good()
+    _check_valid_first(name, a, out=np.empty_like(a["x"]))
+    for out in (np.empty(a["x"].shape[::-1]), np.empty(a["x"].size),
+                np.empty((2, 3, 4, 5)), np.empty((1,) + a["x"].shape)):
+        with pytest.raises(ValueError, match=_named("out")):
+            call(name, a, out=out)
+
+
+@pytest.mark.parametrize("name", WITH_OUT)
+@pytest.mark.parametrize("xd,od", [(np.float64, np.float32), (np.float32, np.float64),
+                                   (np.float64, np.int64), (np.float32, np.float16)])
+def test_out_wrong_dtype(name, xd, od):
+    a = _good(dtype=xd)
+    with pytest.raises(TypeError, match=_named("out")):
+        call(name, a, out=np.empty(a["x"].shape, od))
+
+
+@pytest.mark.parametrize("name", WITH_OUT)
+def test_out_not_ndarray(name):
+    a = _good()
+    with pytest.raises(TypeError, match=_named("out")):
+        call(name, a, out=a["x"].tolist())
+
+
+@pytest.mark.parametrize("name", WITH_OUT)
+def test_out_read_only(name):
+    a = _good()
+    out = np.empty_like(a["x"])
+    out.setflags(write=False)
+    with pytest.raises(ValueError, match=_named("out")):
+        call(name, a, out=out)
+
+
+@pytest.mark.parametrize("name", WITH_OUT)
+def test_out_read_only_x_in_place(name):
+    """out=x with a read-only x is rejected (and x is not written)."""
+    a = _good()
+    a["x"].setflags(write=False)
+    x0 = a["x"].copy()
+    with pytest.raises(ValueError, match=_named("out")):
+        call(name, a, out=a["x"])
+    np.testing.assert_array_equal(a["x"], x0)
+
+
+@pytest.mark.parametrize("name", WITH_OUT)
+def test_out_not_c_contiguous(name):
+    a = _good()
+    shp = a["x"].shape
+    for out in (np.empty(shp[::-1]).T, np.empty(shp[:-1] + (2 * shp[-1],))[..., ::2],
+                np.asfortranarray(np.empty(shp))):
+        assert out.shape == shp and not out.flags.c_contiguous
+        with pytest.raises(ValueError, match=_named("out")):
+            call(name, a, out=out)
+
+
+@pytest.mark.parametrize("name", WITH_OUT)
+@pytest.mark.parametrize("victim", ["x", "dy"])
+def test_out_partial_overlap(name, victim):
+    a = _good()
+    if victim == "dy" and name not in WITH_DY:
+        pytest.skip("function has no dy")
+    shp, n = a["x"].shape, a["x"].size
+    buf = np.empty(2 * n)
+    buf[:n] = a[victim].ravel()
+    a[victim] = buf[:n].reshape(shp)
+    assert a[victim].flags.c_contiguous
+    out = buf[1:n + 1].reshape(shp)
+    assert np.shares_memory(out, a[victim])
+    with pytest.raises(ValueError, match=_named("out")):
+        call(name, a, out=out)
+    # further along, still overlapping
+    out = buf[n // 2:n // 2 + n].reshape(shp)
+    with pytest.raises(ValueError, match=_named("out")):
+        call(name, a, out=out)
+    # adjacent, not overlapping: fine, and correct
+    out = buf[n:].reshape(shp)
+    res = call(name, a, out=out)
+    got = res[0] if isinstance(res, tuple) else res
+    assert got is out
+
+
+@pytest.mark.parametrize("name", WITH_OUT)
+def test_out_overlapping_per_channel_vector_input_shape_mismatch(name):
+    """out must be x-shaped even if a view of an input: a per-channel vector
+    passed as out is the wrong shape."""
+    a = _good()
+    with pytest.raises(ValueError, match=_named("out")):
+        call(name, a, out=a["scale"])
+
+
+# ---------------------------------------------------------------------------
+# show_config
+# ---------------------------------------------------------------------------
+
+def test_show_config_keys_and_types(capsys):
+    cfg = cbp.show_config(print_out=False)
+    assert capsys.readouterr().out == ""
+    assert isinstance(cfg, dict)
+    assert {"version", "openmp", "default_num_threads", "compiler",
+            "compile_args"} <= set(cfg)
+    assert isinstance(cfg["openmp"], bool)
+    assert isinstance(cfg["default_num_threads"], int)
+    assert not isinstance(cfg["default_num_threads"], bool)
+    assert cfg["default_num_threads"] >= 1
+    assert isinstance(cfg["compiler"], str)
+    assert isinstance(cfg["compile_args"], str)
+    if hasattr(cbp, "__version__"):
+        assert str(cfg["version"]) == str(cbp.__version__)
+
+
+def test_show_config_prints_by_default(capsys):
+    cfg = cbp.show_config()
+    out = capsys.readouterr().out
+    assert out.strip()
+    for key in ("openmp", "compiler"):
+        assert key in out.lower()
+    assert str(cfg["default_num_threads"]) in out
