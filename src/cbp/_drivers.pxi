@@ -95,7 +95,9 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
             cb1 = min(p.ncb, cb0 + sb)
             c0 = cb0 * p.cb
             c1 = min(C, cb1 * p.cb)
-            nchw_backprop_sums(x, dy, N, C, S, p, cb0, cb1, coef, part, nthreads)
+            rc = nchw_backprop_sums(x, dy, N, C, S, p, cb0, cb1, coef, part, nthreads)
+            if rc != 0:
+                break
             for c in range(c0, c1):
                 sdy = 0.0
                 sdx = 0.0
@@ -191,7 +193,9 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
             cb1 = min(p.ncb, cb0 + sb)
             c0 = cb0 * p.cb
             c1 = min(C, cb1 * p.cb)
-            nchw_moments(x, N, C, S, p, cb0, cb1, part, nthreads)
+            rc = nchw_moments(x, N, C, S, p, cb0, cb1, part, nthreads)
+            if rc != 0:
+                break
             for c in range(c0, c1):
                 cnt = 0.0
                 mean[c] = 0.0

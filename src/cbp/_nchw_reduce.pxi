@@ -1,145 +1,218 @@
 # NCHW reductions: per-channel sums over (N, S) planes of an (N, C, S) block.
 #
-# Inside a plane the sums run in the input type over LANES independent
-# accumulators for PLANE_BLOCK elements, then go into float64; across planes
+# Inside a plane the sums run in the input type over CBP_LANES independent
+# accumulators for CBP_PLANE_BLOCK elements, then go into float64; across planes
 # and units everything is float64. (x - mean) is formed as (x - mean_hi) with
 # mean_hi = mean rounded to the input type: for x near the mean that
 # subtraction is exact, and the remaining (mean - mean_hi) is applied once per
 # channel in float64. This keeps float32 data with |mean| >> std accurate.
+# Planes shorter than SHORT_PLANE run the column kernels of _nhwc_reduce.pxi.
+
+
+# The innermost plane loops are C (see CBP_SIMD and CBP_DISPATCH in _plan.pxi).
+cdef extern from *:
+    """
+    /* Independent accumulators per plane; float32 partial sums stay short
+       (CBP_PLANE_BLOCK / CBP_LANES = 16 terms per lane) before they go into
+       float64. */
+    #define CBP_LANES 16
+    #define CBP_PLANE_BLOCK 256
+
+    /* sum dy and sum dy * (x - mh) over one plane of S elements */
+    #define CBP_DEFINE_PLANE_BACKPROP(T, SUF)                                       \\
+    static CBP_DISPATCH void cbp_plane_backprop_##SUF(const T *x, const T *dy,            \\
+            Py_ssize_t S, T mh, double *sum_dy, double *sum_dyxc) {                 \\
+        T a[CBP_LANES], b[CBP_LANES], ra = 0, rb = 0;                               \\
+        Py_ssize_t s = 0, j, r, nr, rows = S / CBP_LANES;                           \\
+        double ta = 0.0, tb = 0.0;                                                  \\
+        while (rows > 0) {                                                          \\
+            nr = rows < CBP_PLANE_BLOCK / CBP_LANES ? rows                          \\
+                                                    : CBP_PLANE_BLOCK / CBP_LANES;  \\
+            for (j = 0; j < CBP_LANES; j++) { a[j] = 0; b[j] = 0; }                 \\
+            for (r = 0; r < nr; r++, s += CBP_LANES) {                              \\
+                const T *xp = x + s, *gp = dy + s;                                  \\
+                CBP_SIMD for (j = 0; j < CBP_LANES; j++) {                          \\
+                    a[j] += gp[j];                                                  \\
+                    b[j] += gp[j] * (xp[j] - mh);                                   \\
+                }                                                                   \\
+            }                                                                       \\
+            rows -= nr;                                                             \\
+            for (j = 0; j < CBP_LANES; j++) { ta += a[j]; tb += b[j]; }             \\
+        }                                                                           \\
+        for (; s < S; s++) { ra += dy[s]; rb += dy[s] * (x[s] - mh); }              \\
+        *sum_dy += ta + ra;                                                         \\
+        *sum_dyxc += tb + rb;                                                       \\
+    }
+
+    /* Corrected two-pass moments per block of up to CBP_PLANE_BLOCK elements
+       (in L1 for the second pass), merged into (count, mean, m2) by Chan. */
+    #define CBP_DEFINE_PLANE_MOMENTS(T, SUF)                                        \\
+    static CBP_DISPATCH void cbp_plane_moments_##SUF(const T *x, Py_ssize_t S,            \\
+            double *count, double *mean, double *m2) {                              \\
+        T a[CBP_LANES], b[CBP_LANES], bh, d;                                        \\
+        Py_ssize_t s0 = 0, s, end, j, nfull;                                        \\
+        double nb, tot, s1, s2;                                                     \\
+        while (s0 < S) {                                                            \\
+            end = S - s0 < CBP_PLANE_BLOCK ? S : s0 + CBP_PLANE_BLOCK;              \\
+            nb = (double)(end - s0);                                                \\
+            nfull = s0 + (end - s0) / CBP_LANES * CBP_LANES;                        \\
+            for (j = 0; j < CBP_LANES; j++) a[j] = 0;                               \\
+            for (s = s0; s < nfull; s += CBP_LANES) {                               \\
+                CBP_SIMD for (j = 0; j < CBP_LANES; j++) a[j] += x[s + j];          \\
+            }                                                                       \\
+            for (j = 0; s < end; s++, j++) a[j] += x[s];                            \\
+            tot = 0.0;                                                              \\
+            for (j = 0; j < CBP_LANES; j++) tot += a[j];                            \\
+            bh = (T)(tot / nb);                                                     \\
+            for (j = 0; j < CBP_LANES; j++) { a[j] = 0; b[j] = 0; }                 \\
+            for (s = s0; s < nfull; s += CBP_LANES) {                               \\
+                CBP_SIMD for (j = 0; j < CBP_LANES; j++) {                          \\
+                    T dd = x[s + j] - bh;                                           \\
+                    a[j] += dd;                                                     \\
+                    b[j] += dd * dd;                                                \\
+                }                                                                   \\
+            }                                                                       \\
+            for (j = 0; s < end; s++, j++) {                                        \\
+                d = x[s] - bh; a[j] += d; b[j] += d * d;                            \\
+            }                                                                       \\
+            s1 = 0.0; s2 = 0.0;                                                     \\
+            for (j = 0; j < CBP_LANES; j++) { s1 += a[j]; s2 += b[j]; }             \\
+            s2 = s2 - s1 * (s1 / nb);                                               \\
+            cbp_chan_merge(count, mean, m2, nb, (double)bh + s1 / nb,               \\
+                           s2 > 0.0 ? s2 : 0.0);                                    \\
+            s0 = end;                                                               \\
+        }                                                                           \\
+    }
+
+    CBP_DEFINE_PLANE_BACKPROP(float, f32)
+    CBP_DEFINE_PLANE_BACKPROP(double, f64)
+    CBP_DEFINE_PLANE_MOMENTS(float, f32)
+    CBP_DEFINE_PLANE_MOMENTS(double, f64)
+    """
+    void cbp_plane_backprop_f32(const float* x, const float* dy, Py_ssize_t S, float mh,
+                                double* sum_dy, double* sum_dyxc) noexcept nogil
+    void cbp_plane_backprop_f64(const double* x, const double* dy, Py_ssize_t S, double mh,
+                                double* sum_dy, double* sum_dyxc) noexcept nogil
+    void cbp_plane_moments_f32(const float* x, Py_ssize_t S, double* count, double* mean,
+                               double* m2) noexcept nogil
+    void cbp_plane_moments_f64(const double* x, Py_ssize_t S, double* count, double* mean,
+                               double* m2) noexcept nogil
 
 
 cdef inline void plane_backprop_sums(const floating* x, const floating* dy, Py_ssize_t S,
                                      floating mh, double* sum_dy,
                                      double* sum_dyxc) noexcept nogil:
-    cdef floating ady[LANES]
-    cdef floating adx[LANES]
-    cdef Py_ssize_t s = 0, end, j
-    cdef double tdy = 0.0, tdx = 0.0
-    while s < S:
-        end = min(S, s + PLANE_BLOCK)
-        for j in range(LANES):
-            ady[j] = 0
-            adx[j] = 0
-        while s + LANES <= end:
-            for j in range(LANES):
-                ady[j] = ady[j] + dy[s + j]
-                adx[j] = adx[j] + dy[s + j] * (x[s + j] - mh)
-            s = s + LANES
-        j = 0
-        while s < end:
-            ady[j] = ady[j] + dy[s]
-            adx[j] = adx[j] + dy[s] * (x[s] - mh)
-            s = s + 1
-            j = j + 1
-        for j in range(LANES):
-            tdy = tdy + ady[j]
-            tdx = tdx + adx[j]
-    sum_dy[0] = sum_dy[0] + tdy
-    sum_dyxc[0] = sum_dyxc[0] + tdx
+    if floating is float:
+        cbp_plane_backprop_f32(x, dy, S, mh, sum_dy, sum_dyxc)
+    else:
+        cbp_plane_backprop_f64(x, dy, S, mh, sum_dy, sum_dyxc)
 
 
 cdef inline void plane_moments(const floating* x, Py_ssize_t S, double* count,
                                double* mean, double* m2) noexcept nogil:
-    # Corrected two-pass moments per PLANE_BLOCK (the block is in L1 for the
-    # second pass), merged into the running triple with Chan's formula.
-    cdef floating a[LANES]
-    cdef floating b[LANES]
-    cdef Py_ssize_t s0 = 0, s, end, j
-    cdef double nb, tot, s1, s2
-    cdef floating bh, d
-    while s0 < S:
-        end = min(S, s0 + PLANE_BLOCK)
-        nb = <double>(end - s0)
-        for j in range(LANES):
-            a[j] = 0
-        s = s0
-        while s + LANES <= end:
-            for j in range(LANES):
-                a[j] = a[j] + x[s + j]
-            s = s + LANES
-        j = 0
-        while s < end:
-            a[j] = a[j] + x[s]
-            s = s + 1
-            j = j + 1
-        tot = 0.0
-        for j in range(LANES):
-            tot = tot + a[j]
-        bh = <floating>(tot / nb)
-        for j in range(LANES):
-            a[j] = 0
-            b[j] = 0
-        s = s0
-        while s + LANES <= end:
-            for j in range(LANES):
-                d = x[s + j] - bh
-                a[j] = a[j] + d
-                b[j] = b[j] + d * d
-            s = s + LANES
-        j = 0
-        while s < end:
-            d = x[s] - bh
-            a[j] = a[j] + d
-            b[j] = b[j] + d * d
-            s = s + 1
-            j = j + 1
-        s1 = 0.0
-        s2 = 0.0
-        for j in range(LANES):
-            s1 = s1 + a[j]
-            s2 = s2 + b[j]
-        chan_merge(count, mean, m2, nb, <double>bh + s1 / nb, max(0.0, s2 - s1 * (s1 / nb)))
-        s0 = end
+    if floating is float:
+        cbp_plane_moments_f32(x, S, count, mean, m2)
+    else:
+        cbp_plane_moments_f64(x, S, count, mean, m2)
 
 
-cdef void nchw_backprop_unit(const floating* x, const floating* dy, Py_ssize_t N,
-                             Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t u,
-                             const floating* mh, double* part) noexcept nogil:
+cdef int nchw_backprop_unit(const floating* x, const floating* dy, Py_ssize_t N,
+                            Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t u,
+                            const floating* mh, double* part) noexcept nogil:
     # part is [ng, C, 2]: (sum dy, sum dy * (x - mean_hi)) of image group g.
     cdef Py_ssize_t cb = u // p.ng, g = u % p.ng
-    cdef Py_ssize_t c0 = cb * p.cb, c1 = min(C, c0 + p.cb)
+    cdef Py_ssize_t c0 = cb * p.cb, c1 = min(C, c0 + p.cb), W = (c1 - c0) * S
     cdef Py_ssize_t n0 = g * N // p.ng, n1 = (g + 1) * N // p.ng
-    cdef Py_ssize_t n, c, off
+    cdef Py_ssize_t n, c, s, off
     cdef double* out = part + 2 * (g * C + c0)
+    cdef double* colsum
+    cdef floating* mh_w
     for c in range(2 * (c1 - c0)):
         out[c] = 0.0
-    for n in range(n0, n1):
-        for c in range(c0, c1):
-            off = (n * C + c) * S
-            plane_backprop_sums(x + off, dy + off, S, mh[c],
-                                out + 2 * (c - c0), out + 2 * (c - c0) + 1)
+    if S >= SHORT_PLANE:
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                off = (n * C + c) * S
+                plane_backprop_sums(x + off, dy + off, S, mh[c],
+                                    out + 2 * (c - c0), out + 2 * (c - c0) + 1)
+        return 0
+    # Short planes: one image's planes of the block form one contiguous row.
+    colsum = <double*>malloc(2 * W * sizeof(double))
+    mh_w = <floating*>malloc(W * sizeof(floating))
+    if colsum == NULL or mh_w == NULL:
+        free(colsum)
+        free(mh_w)
+        return -1
+    for c in range(c0, c1):
+        for s in range(S):
+            mh_w[(c - c0) * S + s] = mh[c]
+    off = (n0 * C + c0) * S
+    if column_backprop(x + off, dy + off, n1 - n0, C * S, W, W, mh_w, colsum) != 0:
+        free(colsum)
+        free(mh_w)
+        return -1
+    for c in range(c1 - c0):
+        for s in range(S):
+            out[2 * c] = out[2 * c] + colsum[c * S + s]
+            out[2 * c + 1] = out[2 * c + 1] + colsum[W + c * S + s]
+    free(colsum)
+    free(mh_w)
+    return 0
 
 
-cdef void nchw_moments_unit(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                            PlanePlan p, Py_ssize_t u, double* part) noexcept nogil:
+cdef int nchw_moments_unit(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                           PlanePlan p, Py_ssize_t u, double* part) noexcept nogil:
     # part is [ng, C, 2]: (mean, M2) of image group g; its count is (n1 - n0) * S.
     cdef Py_ssize_t cb = u // p.ng, g = u % p.ng
-    cdef Py_ssize_t c0 = cb * p.cb, c1 = min(C, c0 + p.cb)
+    cdef Py_ssize_t c0 = cb * p.cb, c1 = min(C, c0 + p.cb), W = (c1 - c0) * S
     cdef Py_ssize_t n0 = g * N // p.ng, n1 = (g + 1) * N // p.ng
-    cdef Py_ssize_t n, c
+    cdef Py_ssize_t n, c, s
     cdef double cnt
     cdef double* out = part + 2 * (g * C + c0)
+    cdef double* cs
     for c in range(2 * (c1 - c0)):
         out[c] = 0.0
-    # Images outer, channels inner: a channel block is one contiguous run per image.
-    for n in range(n0, n1):
-        for c in range(c0, c1):
-            cnt = <double>((n - n0) * S)
-            plane_moments(x + (n * C + c) * S, S, &cnt,
-                          out + 2 * (c - c0), out + 2 * (c - c0) + 1)
+    if S >= SHORT_PLANE:
+        # Images outer, channels inner: a channel block is one contiguous run per image.
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                cnt = <double>((n - n0) * S)
+                plane_moments(x + (n * C + c) * S, S, &cnt,
+                              out + 2 * (c - c0), out + 2 * (c - c0) + 1)
+        return 0
+    cs = <double*>malloc(2 * W * sizeof(double))
+    if cs == NULL:
+        return -1
+    if column_moments(x + (n0 * C + c0) * S, n1 - n0, C * S, W, W, cs) != 0:
+        free(cs)
+        return -1
+    for c in range(c1 - c0):
+        cnt = 0.0
+        for s in range(S):
+            chan_merge(&cnt, out + 2 * c, out + 2 * c + 1, <double>(n1 - n0), cs[c * S + s],
+                       cs[W + c * S + s])
+    free(cs)
+    return 0
 
-cdef void nchw_backprop_sums(const floating* x, const floating* dy, Py_ssize_t N,
-                             Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t cb0,
-                             Py_ssize_t cb1, const floating* mh, double* part,
-                             int nthreads) noexcept nogil:
+
+cdef int nchw_backprop_sums(const floating* x, const floating* dy, Py_ssize_t N,
+                            Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t cb0,
+                            Py_ssize_t cb1, const floating* mh, double* part,
+                            int nthreads) noexcept nogil:
     cdef Py_ssize_t u
+    cdef int failed = 0
     for u in prange(cb0 * p.ng, cb1 * p.ng, schedule='static', num_threads=nthreads):
-        nchw_backprop_unit(x, dy, N, C, S, p, u, mh, part)
+        if nchw_backprop_unit(x, dy, N, C, S, p, u, mh, part) != 0:
+            failed += 1
+    return -1 if failed else 0
 
 
-cdef void nchw_moments(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                       PlanePlan p, Py_ssize_t cb0, Py_ssize_t cb1, double* part,
-                       int nthreads) noexcept nogil:
+cdef int nchw_moments(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                      PlanePlan p, Py_ssize_t cb0, Py_ssize_t cb1, double* part,
+                      int nthreads) noexcept nogil:
     cdef Py_ssize_t u
+    cdef int failed = 0
     for u in prange(cb0 * p.ng, cb1 * p.ng, schedule='static', num_threads=nthreads):
-        nchw_moments_unit(x, N, C, S, p, u, part)
+        if nchw_moments_unit(x, N, C, S, p, u, part) != 0:
+            failed += 1
+    return -1 if failed else 0

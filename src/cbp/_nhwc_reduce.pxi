@@ -1,132 +1,253 @@
-# NHWC reductions: per-channel sums over the rows of an (R, C) block, where a
-# row holds all C channels of one pixel (NHWC, or NCHW with no spatial axes).
+# Column reductions: per-column sums over the rows of a strided 2-D view,
+# folded into channels. They serve NHWC, where a row holds all C channels of
+# one pixel (and NCHW with no spatial axes), and NCHW with short planes (7x7,
+# 1-D signals), where a row is one image's run of a block of channels.
 #
-# The inner loop runs along a row, one accumulator per element, so it
-# vectorizes across channels with no reassociation. For small C, k = WIDEN / C
-# consecutive rows are fused into one row of width W = k * C and the k partial
-# sums of a channel are folded at every flush. Accumulators are in the input
-# type for at most ROW_FLUSH fused rows, then go into float64.
+# The inner loop runs along a row with one accumulator per column, so it
+# vectorizes with no reassociation. Accumulators are in the input type for at
+# most ROW_FLUSH rows, then go into float64. For NHWC with small C, k = WIDEN/C
+# consecutive pixels are fused into one row of width W = k * C, so the inner
+# loop stays long; a channel then owns the k columns c, C + c, ...
+
+cdef extern from *:
+    """
+    /* One row into per-column accumulators (see CBP_SIMD, CBP_DISPATCH). */
+    #define CBP_DEFINE_ROW_LOOPS(T, SUF)                                            \\
+    static CBP_DISPATCH void cbp_row_backprop_##SUF(const T *x, const T *dy,        \\
+            const T *mh, T *a, T *b, Py_ssize_t m) {                                \\
+        Py_ssize_t j;                                                               \\
+        CBP_SIMD for (j = 0; j < m; j++) {                                          \\
+            a[j] += dy[j];                                                          \\
+            b[j] += dy[j] * (x[j] - mh[j]);                                         \\
+        }                                                                           \\
+    }                                                                               \\
+    static CBP_DISPATCH void cbp_row_sum_##SUF(const T *x, T *a, Py_ssize_t m) {    \\
+        Py_ssize_t j;                                                               \\
+        CBP_SIMD for (j = 0; j < m; j++) a[j] += x[j];                              \\
+    }                                                                               \\
+    static CBP_DISPATCH void cbp_row_shifted_##SUF(const T *x, const T *shift,      \\
+            T *a, T *b, Py_ssize_t m) {                                             \\
+        Py_ssize_t j;                                                               \\
+        CBP_SIMD for (j = 0; j < m; j++) {                                          \\
+            T d = x[j] - shift[j];                                                  \\
+            a[j] += d;                                                              \\
+            b[j] += d * d;                                                          \\
+        }                                                                           \\
+    }
+
+    /* End of a block of nb rows in the moments pass: turn per-column shifted
+       sums (a: sum d, b: sum d*d, d = x - shift) into the block's mean and M2
+       and merge them into the running per-column mean and M2 of n_a earlier
+       rows (Chan; exact also for n_a == 0). cbp_block_shift: a := a / nb
+       rounded to T, the shift of the block's second pass. */
+    #define CBP_DEFINE_BLOCK_MERGE(T, SUF)                                          \\
+    static CBP_DISPATCH void cbp_merge_block_##SUF(const T *a, const T *b,          \\
+            const T *shift, double *mean, double *m2, Py_ssize_t m, double n_a,     \\
+            double nb) {                                                            \\
+        Py_ssize_t j;                                                               \\
+        double w = nb / (n_a + nb), v = n_a * w;                                    \\
+        CBP_SIMD for (j = 0; j < m; j++) {                                          \\
+            double s1 = (double)a[j];                                               \\
+            double bm2 = (double)b[j] - s1 * (s1 / nb);                             \\
+            double delta = ((double)shift[j] + s1 / nb) - mean[j];                  \\
+            mean[j] += delta * w;                                                   \\
+            m2[j] += (bm2 > 0.0 ? bm2 : 0.0) + delta * delta * v;                   \\
+        }                                                                           \\
+    }                                                                               \\
+    static void cbp_block_shift_##SUF(T *a, Py_ssize_t m, double nb) {              \\
+        Py_ssize_t j;                                                               \\
+        CBP_SIMD for (j = 0; j < m; j++) a[j] = (T)((double)a[j] / nb);             \\
+    }
+
+    CBP_DEFINE_ROW_LOOPS(float, f32)
+    CBP_DEFINE_ROW_LOOPS(double, f64)
+    CBP_DEFINE_BLOCK_MERGE(float, f32)
+    CBP_DEFINE_BLOCK_MERGE(double, f64)
+    """
+    void cbp_row_backprop_f32(const float* x, const float* dy, const float* mh, float* a,
+                              float* b, Py_ssize_t m) noexcept nogil
+    void cbp_row_backprop_f64(const double* x, const double* dy, const double* mh, double* a,
+                              double* b, Py_ssize_t m) noexcept nogil
+    void cbp_row_sum_f32(const float* x, float* a, Py_ssize_t m) noexcept nogil
+    void cbp_row_sum_f64(const double* x, double* a, Py_ssize_t m) noexcept nogil
+    void cbp_row_shifted_f32(const float* x, const float* shift, float* a, float* b,
+                             Py_ssize_t m) noexcept nogil
+    void cbp_row_shifted_f64(const double* x, const double* shift, double* a, double* b,
+                             Py_ssize_t m) noexcept nogil
+    void cbp_merge_block_f32(const float* a, const float* b, const float* shift, double* mean,
+                             double* m2, Py_ssize_t m, double n_a, double nb) noexcept nogil
+    void cbp_merge_block_f64(const double* a, const double* b, const double* shift,
+                             double* mean, double* m2, Py_ssize_t m, double n_a,
+                             double nb) noexcept nogil
+    void cbp_block_shift_f32(float* a, Py_ssize_t m, double nb) noexcept nogil
+    void cbp_block_shift_f64(double* a, Py_ssize_t m, double nb) noexcept nogil
 
 
-cdef int nhwc_backprop_unit(const floating* x, const floating* dy, Py_ssize_t R,
-                            Py_ssize_t C, Py_ssize_t k, Py_ssize_t r0, Py_ssize_t r1,
-                            const floating* mh_w, double* out) noexcept nogil:
-    # out is [C, 2]: (sum dy, sum dy * (x - mean_hi)) over rows r0..r1.
-    cdef Py_ssize_t W = k * C, r, t, j, m, i, c
+cdef inline void row_backprop(const floating* x, const floating* dy, const floating* mh,
+                              floating* a, floating* b, Py_ssize_t m) noexcept nogil:
+    if floating is float:
+        cbp_row_backprop_f32(x, dy, mh, a, b, m)
+    else:
+        cbp_row_backprop_f64(x, dy, mh, a, b, m)
+
+
+cdef inline void row_sum(const floating* x, floating* a, Py_ssize_t m) noexcept nogil:
+    if floating is float:
+        cbp_row_sum_f32(x, a, m)
+    else:
+        cbp_row_sum_f64(x, a, m)
+
+
+cdef inline void row_shifted(const floating* x, const floating* shift, floating* a,
+                             floating* b, Py_ssize_t m) noexcept nogil:
+    if floating is float:
+        cbp_row_shifted_f32(x, shift, a, b, m)
+    else:
+        cbp_row_shifted_f64(x, shift, a, b, m)
+
+
+cdef inline void merge_block(const floating* a, const floating* b, const floating* shift,
+                             double* mean, double* m2, Py_ssize_t m, double n_a,
+                             double nb) noexcept nogil:
+    if m <= 0 or nb <= 0:
+        return
+    if floating is float:
+        cbp_merge_block_f32(a, b, shift, mean, m2, m, n_a, nb)
+    else:
+        cbp_merge_block_f64(a, b, shift, mean, m2, m, n_a, nb)
+
+
+cdef inline void block_shift(floating* a, Py_ssize_t m, double nb) noexcept nogil:
+    if m <= 0 or nb <= 0:
+        return
+    if floating is float:
+        cbp_block_shift_f32(a, m, nb)
+    else:
+        cbp_block_shift_f64(a, m, nb)
+
+
+cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows,
+                         Py_ssize_t stride, Py_ssize_t W, Py_ssize_t last_w,
+                         const floating* mh_w, double* colsum) noexcept nogil:
+    # colsum is [2, W]: per column sum dy and sum dy * (x - mh_w). Row i
+    # starts at i * stride and has W elements, the last row last_w.
     cdef floating* acc = <floating*>malloc(2 * W * sizeof(floating))
     cdef floating* ady
     cdef floating* adx
     cdef const floating* xp
     cdef const floating* gp
+    cdef Py_ssize_t i = 0, t, j, m
     if acc == NULL:
         return -1
     ady = acc
     adx = acc + W
-    for c in range(2 * C):
-        out[c] = 0.0
-    r = r0
-    while r < r1:
+    for j in range(2 * W):
+        colsum[j] = 0.0
+    while i < nrows:
         for j in range(2 * W):
             acc[j] = 0
         t = 0
-        while t < ROW_FLUSH and r < r1:
-            m = min(k, r1 - r) * C
-            xp = x + r * C
-            gp = dy + r * C
-            for j in range(m):
-                ady[j] = ady[j] + gp[j]
-                adx[j] = adx[j] + gp[j] * (xp[j] - mh_w[j])
-            r = r + min(k, r1 - r)
+        while t < ROW_FLUSH and i < nrows:
+            m = last_w if i == nrows - 1 else W
+            row_backprop(x + i * stride, dy + i * stride, mh_w, ady, adx, m)
+            i = i + 1
             t = t + 1
-        for i in range(k):
-            for c in range(C):
-                out[2 * c] = out[2 * c] + ady[i * C + c]
-                out[2 * c + 1] = out[2 * c + 1] + adx[i * C + c]
+        for j in range(W):
+            colsum[j] = colsum[j] + ady[j]
+            colsum[W + j] = colsum[W + j] + adx[j]
     free(acc)
     return 0
 
 
-cdef inline void _merge_column(double cnt, double* mv, double nb, double mean_b,
-                               double m2_b) noexcept nogil:
-    cdef double n = cnt
-    chan_merge(&n, mv, mv + 1, nb, mean_b, m2_b)
-
-
-
-cdef int nhwc_moments_unit(const floating* x, Py_ssize_t R, Py_ssize_t C, Py_ssize_t k,
-                           Py_ssize_t r0, Py_ssize_t r1, double* out) noexcept nogil:
-    # out is [C, 2]: (mean, M2) over rows r0..r1 (count r1 - r0). Corrected
-    # two-pass moments per block of ROW_FLUSH fused rows (the block stays in
-    # L2 for the second pass), merged with Chan's formula.
-    cdef Py_ssize_t W = k * C, r, rb, t, j, m, i, c
+cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
+                        Py_ssize_t W, Py_ssize_t last_w, double* colstats) noexcept nogil:
+    # colstats is [2, W]: per column (mean, M2); the count of column j is
+    # nrows, or nrows - 1 for j >= last_w (only the last row is short).
+    # Corrected two-pass moments per block of ROW_FLUSH rows (the block stays
+    # in L2 for the second pass) about a per-column shift, merged with Chan's
+    # formula.
     cdef floating* buf = <floating*>malloc(3 * W * sizeof(floating))
-    cdef double* cs = <double*>malloc(2 * C * sizeof(double))
     cdef floating* a
     cdef floating* b
-    cdef floating* bh_w
-    cdef const floating* xp
-    cdef double nb, cnt = 0.0, s1, s2
-    cdef floating d
-    if buf == NULL or cs == NULL:
-        free(buf)
-        free(cs)
+    cdef floating* bh
+    cdef Py_ssize_t i = 0, i1, r, j
+    cdef double nb
+    if buf == NULL:
         return -1
     a = buf
     b = buf + W
-    bh_w = buf + 2 * W
-    for c in range(2 * C):
-        out[c] = 0.0
-    r = r0
-    while r < r1:
-        # pass 1: block sums, giving a shift close to the block mean
+    bh = buf + 2 * W
+    for j in range(2 * W):
+        colstats[j] = 0.0
+    while i < nrows:
+        i1 = min(nrows, i + ROW_FLUSH)
+        nb = <double>(i1 - i)
         for j in range(W):
-            a[j] = 0
-        rb = r
-        t = 0
-        while t < ROW_FLUSH and rb < r1:
-            m = min(k, r1 - rb) * C
-            xp = x + rb * C
-            for j in range(m):
-                a[j] = a[j] + xp[j]
-            rb = rb + min(k, r1 - rb)
-            t = t + 1
-        nb = <double>(rb - r)
-        for c in range(C):
-            cs[c] = 0.0
-        for i in range(k):
-            for c in range(C):
-                cs[c] = cs[c] + a[i * C + c]
-        for i in range(k):
-            for c in range(C):
-                bh_w[i * C + c] = <floating>(cs[c] / nb)
-        # pass 2: shifted sums of the same (cached) block
-        for j in range(W):
-            a[j] = 0
-            b[j] = 0
-        rb = r
-        while rb < r + <Py_ssize_t>nb:
-            m = min(k, r1 - rb) * C
-            xp = x + rb * C
-            for j in range(m):
-                d = xp[j] - bh_w[j]
-                a[j] = a[j] + d
-                b[j] = b[j] + d * d
-            rb = rb + min(k, r1 - rb)
-        for c in range(C):
-            cs[c] = 0.0
-            cs[C + c] = 0.0
-        for i in range(k):
-            for c in range(C):
-                cs[c] = cs[c] + a[i * C + c]
-                cs[C + c] = cs[C + c] + b[i * C + c]
-        for c in range(C):
-            s1 = cs[c]
-            s2 = cs[C + c]
-            _merge_column(cnt, out + 2 * c, nb, <double>bh_w[c] + s1 / nb,
-                          max(0.0, s2 - s1 * (s1 / nb)))
-        cnt = cnt + nb
-        r = rb
+            bh[j] = 0
+        for r in range(i, i1):
+            row_sum(x + r * stride, bh, last_w if r == nrows - 1 else W)
+        if i1 == nrows:
+            block_shift(bh, last_w, nb)
+            block_shift(bh + last_w, W - last_w, nb - 1)
+        else:
+            block_shift(bh, W, nb)
+        for j in range(2 * W):
+            buf[j] = 0
+        for r in range(i, i1):
+            row_shifted(x + r * stride, bh, a, b, last_w if r == nrows - 1 else W)
+        if i1 == nrows:
+            merge_block(a, b, bh, colstats, colstats + W, last_w, <double>i, nb)
+            merge_block(a + last_w, b + last_w, bh + last_w, colstats + last_w,
+                        colstats + W + last_w, W - last_w, <double>i, nb - 1)
+        else:
+            merge_block(a, b, bh, colstats, colstats + W, W, <double>i, nb)
+        i = i1
     free(buf)
+    return 0
+
+
+cdef int nhwc_backprop_unit(const floating* x, const floating* dy, Py_ssize_t C,
+                            Py_ssize_t k, Py_ssize_t r0, Py_ssize_t r1,
+                            const floating* mh_w, double* out) noexcept nogil:
+    # out is [C, 2]: (sum dy, sum dy * (x - mean_hi)) over pixel rows r0..r1.
+    cdef Py_ssize_t W = k * C, nrows = ceil_div(r1 - r0, k), i, c
+    cdef double* colsum = <double*>malloc(2 * W * sizeof(double))
+    if colsum == NULL:
+        return -1
+    if column_backprop(x + r0 * C, dy + r0 * C, nrows, W, W,
+                       (r1 - r0 - (nrows - 1) * k) * C, mh_w, colsum) != 0:
+        free(colsum)
+        return -1
+    for c in range(C):
+        out[2 * c] = 0.0
+        out[2 * c + 1] = 0.0
+        for i in range(k):
+            out[2 * c] = out[2 * c] + colsum[i * C + c]
+            out[2 * c + 1] = out[2 * c + 1] + colsum[W + i * C + c]
+    free(colsum)
+    return 0
+
+
+cdef int nhwc_moments_unit(const floating* x, Py_ssize_t C, Py_ssize_t k, Py_ssize_t r0,
+                           Py_ssize_t r1, double* out) noexcept nogil:
+    # out is [C, 2]: (mean, M2) over pixel rows r0..r1 (count r1 - r0).
+    cdef Py_ssize_t W = k * C, nrows = ceil_div(r1 - r0, k), i, c
+    cdef Py_ssize_t last_w = (r1 - r0 - (nrows - 1) * k) * C
+    cdef double cnt
+    cdef double* cs = <double*>malloc(2 * W * sizeof(double))
+    if cs == NULL:
+        return -1
+    if column_moments(x + r0 * C, nrows, W, W, last_w, cs) != 0:
+        free(cs)
+        return -1
+    for c in range(C):
+        cnt = 0.0
+        out[2 * c] = 0.0
+        out[2 * c + 1] = 0.0
+        for i in range(k):
+            chan_merge(&cnt, out + 2 * c, out + 2 * c + 1,
+                       <double>(nrows - (1 if i * C + c >= last_w else 0)),
+                       cs[i * C + c], cs[W + i * C + c])
     free(cs)
     return 0
 
@@ -134,11 +255,11 @@ cdef int nhwc_moments_unit(const floating* x, Py_ssize_t R, Py_ssize_t C, Py_ssi
 cdef int nhwc_backprop_sums(const floating* x, const floating* dy, Py_ssize_t R,
                             Py_ssize_t C, const floating* mh_w, double* part,
                             int nthreads) noexcept nogil:
-    # part is [units, C, 2]
+    # part is [units, C, 2]; unit u covers rows u*R//nu .. (u+1)*R//nu
     cdef Py_ssize_t nu = column_units(R), k = column_widen(C), u
     cdef int failed = 0
     for u in prange(nu, schedule='static', num_threads=nthreads):
-        if nhwc_backprop_unit(x, dy, R, C, k, u * R // nu, (u + 1) * R // nu,
+        if nhwc_backprop_unit(x, dy, C, k, u * R // nu, (u + 1) * R // nu,
                               mh_w, part + 2 * u * C) != 0:
             failed += 1
     return -1 if failed else 0
@@ -150,7 +271,7 @@ cdef int nhwc_moments(const floating* x, Py_ssize_t R, Py_ssize_t C, double* par
     cdef Py_ssize_t nu = column_units(R), k = column_widen(C), u
     cdef int failed = 0
     for u in prange(nu, schedule='static', num_threads=nthreads):
-        if nhwc_moments_unit(x, R, C, k, u * R // nu, (u + 1) * R // nu,
+        if nhwc_moments_unit(x, C, k, u * R // nu, (u + 1) * R // nu,
                              part + 2 * u * C) != 0:
             failed += 1
     return -1 if failed else 0
