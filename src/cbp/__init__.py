@@ -15,6 +15,7 @@ from ._api import (
 from ._config import show_config
 from ._stats import ChannelStats
 from ._version import __version__
+from .distributed import sync_batch_norm_backward, sync_batch_norm_forward, sync_channel_stats
 
 __all__ = [
     "ChannelStats",
@@ -26,4 +27,7 @@ __all__ = [
     "channel_backprop_stats",
     "channel_stats",
     "show_config",
+    "sync_batch_norm_backward",
+    "sync_batch_norm_forward",
+    "sync_channel_stats",
 ]
