@@ -138,6 +138,32 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def build_info():
+    """Which compiled kernels ran: extension path and mtime, git commit of the tree."""
+    info = {}
+    try:
+        from cbp import _kernels
+        path = _kernels.__file__
+        info["extension"] = path
+        info["extension_mtime"] = datetime.datetime.fromtimestamp(
+            os.path.getmtime(path)).isoformat(timespec="seconds")
+    except (ImportError, AttributeError, OSError):
+        pass
+    try:
+        import subprocess
+        root = os.path.dirname(HERE)
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            info["git_commit"] = head.stdout.strip()
+            info["src_modified"] = bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
 def _finite(obj):
     """NaN/inf -> None so that the JSON stays strict."""
     if isinstance(obj, float):
@@ -467,16 +493,18 @@ def run_group(shape, layout, dtype, threads_list, ops, args, torch, log):
             torch.set_num_threads(threads)
             torch_calls, torch_fmt = torch_callables(torch, d, layout, ndim, threads)
 
-        # The floor, measured right next to the rows that use it.
+        # The floor, measured right before and right after the rows that use it
+        # (best of both: one disturbed pass on a shared machine does not skew it).
         floor = Floor(threads)
-        try:
-            sweeps = floor.sweeps(x, dy, out_floor)
-            needed = sorted({c for op in ops for c in OP_FLOOR[op]})
-            comp = {name: measure(sweeps[name], args.repeat, args.budget, args.min_time)[0]
-                    for name in needed}
-        finally:
-            floor.close()
+        sweeps = floor.sweeps(x, dy, out_floor)
+        needed = sorted({c for op in ops for c in OP_FLOOR[op]})
 
+        def floor_pass():
+            return {name: measure(sweeps[name], args.repeat, args.budget, args.min_time)[0]
+                    for name in needed}
+
+        comp_before = floor_pass()
+        rows_here = []
         for op in ops:
             t_cbp, r_cbp = measure(cbp_calls[op], args.repeat, args.budget, args.min_time)
             peak = peak_extra_mb(cbp_calls[op]) if args.memory else None
@@ -486,7 +514,6 @@ def run_group(shape, layout, dtype, threads_list, ops, args, torch, log):
             t_torch = None
             if torch_calls.get(op) is not None:
                 t_torch = measure(torch_calls[op], args.repeat, args.budget, args.min_time)[0]
-            floor_s = sum(comp[c].best for c in OP_FLOOR[op])
             moved = OP_BYTES[op] * x.nbytes
             row = {
                 "op": op,
@@ -502,20 +529,27 @@ def run_group(shape, layout, dtype, threads_list, ops, args, torch, log):
                 "cbp": t_cbp.ms(),
                 "cbp_ms": t_cbp.best * 1e3,
                 "cbp_gbps": moved / t_cbp.best / 1e9,
-                "floor_ms": floor_s * 1e3,
-                "floor_gbps": moved / floor_s / 1e9,
-                "floor_components": {c: comp[c].ms() for c in OP_FLOOR[op]},
                 "numpy": t_np.ms(),
                 "numpy_ms": t_np.best * 1e3,
                 "torch": t_torch.ms() if t_torch else None,
                 "torch_ms": t_torch.best * 1e3 if t_torch else None,
                 "torch_memory_format": torch_fmt if t_torch else None,
-                "cbp_floor": t_cbp.best / floor_s,
                 "torch_cbp": _ratio(t_torch.best if t_torch else None, t_cbp.best),
                 "numpy_cbp": t_np.best / t_cbp.best,
                 "peak_extra_mb": peak,
                 "max_rel_diff_vs_numpy": check,
             }
+            rows_here.append((row, t_cbp))
+        comp_after = floor_pass()
+        floor.close()
+        comp = {c: Timing(comp_before[c].times + comp_after[c].times) for c in needed}
+        for row, t_cbp in rows_here:
+            parts = OP_FLOOR[row["op"]]
+            floor_s = sum(comp[c].best for c in parts)
+            row["floor_ms"] = floor_s * 1e3
+            row["floor_gbps"] = row["bytes_moved"] / floor_s / 1e9
+            row["floor_components"] = {c: comp[c].ms() for c in parts}
+            row["cbp_floor"] = t_cbp.best / floor_s
             rows.append(row)
             log(format_row(row))
     del d, x, dy, out_cbp, out_np, out_floor
@@ -770,6 +804,7 @@ def main(argv=None):
         "numpy": np.__version__,
         "torch": torch.__version__ if torch is not None else None,
         "cbp_config": cbp.show_config(print_out=False),
+        "cbp_build": build_info(),
         "settings": {"shapes": [shape_str(s) for s in args.shapes], "dtypes": args.dtypes,
                      "layouts": args.layouts, "threads": args.threads, "ops": args.ops,
                      "repeat": args.repeat, "budget_s": args.budget,
