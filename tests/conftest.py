@@ -50,6 +50,21 @@ SHAPES = [
     (1, 2, 3, 1, 5),    # 5-D with a 1
 ]
 
+# Medium canonical shapes chosen to reach every work decomposition of the
+# kernels (long planes S >= 1024, mid planes 256 <= S < 1024, short planes
+# with partial channel blocks, several image groups per channel, and the
+# row/column kernels with C < 64 and C >= 64, row counts not multiples of 32).
+MEDIUM_SHAPES = [
+    (3, 2, 40, 40),       # S = 1600
+    (5, 3, 20, 20),       # S = 400
+    (4, 70, 5, 5),        # S = 25, channel blocks of 41 + 29
+    (40, 2, 50, 41),      # N * S > 65536: several image groups
+    (301, 5),             # 2-D, many rows, small C
+    (97, 70),             # 2-D, C >= 64
+    (3, 3, 33, 35),       # NHWC twin: 3465 rows of 3 channels
+    (2, 3, 4, 17, 19),    # 5-D
+]
+
 # Zero-size shapes (canonical NCHW)
 EMPTY_M_SHAPES = [(0, 3, 4, 4), (2, 3, 0, 4), (0, 5), (0, 2, 3)]
 EMPTY_C_SHAPES = [(2, 0, 3, 3), (3, 0)]
@@ -133,9 +148,3 @@ def layout(request):
 @pytest.fixture(params=SHAPES, ids=shape_id)
 def shape(request):
     return request.param
-
-
-@pytest.fixture
-def cbp():
-    import cbp as _cbp
-    return _cbp

@@ -4,9 +4,8 @@ import pytest
 
 import cbp
 import reference as ref
-from conftest import (DTYPES, EMPTY_C_SHAPES, EMPTY_M_SHAPES, LAYOUTS, SHAPES,
-                      assert_close, layout_shape, make_inputs, maxabs, shape_id,
-                      tol)
+from conftest import (DTYPES, EMPTY_C_SHAPES, EMPTY_M_SHAPES, LAYOUTS, MEDIUM_SHAPES, SHAPES,
+                      assert_close, layout_shape, make_inputs, maxabs, shape_id)
 
 VEC_DTYPES = [np.float64, np.float32]
 vec_dtype_param = pytest.mark.parametrize(
@@ -292,6 +291,56 @@ def test_half_precision_per_channel_vectors(layout, dtype):
 
 
 # ---------------------------------------------------------------------------
+# Medium shapes: every function, every kernel decomposition, in place too
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", MEDIUM_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_medium_shapes_all_functions(shape, layout, dtype):
+    d = make_inputs(shape, layout, dtype, seed=40)
+    x, dy, C, M = d["x"], d["dy"], d["C"], d["M"]
+    mean, inv_std, scale, bias, var = (d[k] for k in ("mean", "inv_std", "scale", "bias",
+                                                       "var"))
+    _check_stats(cbp.channel_stats(x, layout=layout), x, layout, dtype)
+
+    ds, db = cbp.channel_backprop_stats(x, dy, mean, inv_std, layout=layout)
+    r_ds, r_db = ref.channel_backprop_stats(x, dy, mean, inv_std, layout)
+    s_ds, s_db = _backprop_scales(x, dy, mean, inv_std, layout)
+    assert_close(ds, r_ds, dtype, scale=s_ds)
+    assert_close(db, r_db, dtype, scale=s_db)
+
+    s_dx = _dx_scale(x, dy, mean, inv_std, scale, r_ds, r_db, M, layout)
+    r_dx = ref.batch_norm_dx(x, dy, mean, inv_std, scale, r_ds, r_db, M, layout)
+    dx = cbp.batch_norm_dx(x, dy, mean, inv_std, scale, r_ds, r_db, M, layout=layout)
+    _x_shaped_ok(dx, x)
+    assert_close(dx, r_dx, dtype, scale=s_dx)
+
+    _check_backward(cbp.batch_norm_backward(x, dy, mean, inv_std, scale, layout=layout),
+                    x, dy, mean, inv_std, scale, layout, dtype)
+    _check_forward(cbp.batch_norm_forward(x, scale, bias, layout=layout),
+                   x, scale, bias, 1e-5, layout, dtype)
+    y = cbp.batch_norm_inference(x, scale, bias, mean, var, layout=layout)
+    _x_shaped_ok(y, x)
+    assert_close(y, ref.batch_norm_inference(x, scale, bias, mean, var, 1e-5, layout), dtype,
+                 scale=_y_scale(x, scale, bias, mean, inv_std, layout))
+
+    # in place: backward into dy, forward into x (x is read whole before written)
+    r_fy, r_fmean, r_finv = ref.batch_norm_forward(x, scale, bias, 1e-5, layout)
+    dy_w = dy.copy()
+    res = cbp.batch_norm_backward(x, dy_w, mean, inv_std, scale, layout=layout, out=dy_w)
+    assert res[0] is dy_w
+    assert_close(dy_w, r_dx, dtype, scale=s_dx)
+    assert_close(res[1], r_ds, dtype, scale=s_ds)
+    x_w = x.copy()
+    res = cbp.batch_norm_forward(x_w, scale, bias, layout=layout, out=x_w)
+    assert res[0] is x_w
+    assert_close(x_w, r_fy, dtype, scale=_y_scale(x, scale, bias, r_fmean, r_finv, layout))
+    assert_close(res[1], r_fmean, dtype, scale=maxabs(x))
+    assert_close(res[2], r_finv, dtype)
+
+
+# ---------------------------------------------------------------------------
 # Large mean offset (|mean| >> std): centred formulas required
 # ---------------------------------------------------------------------------
 
@@ -300,6 +349,9 @@ OFFSET_CASES = [
     (np.float32, 1e4, (8, 3, 16, 16), 1e-3),
     (np.float32, -1e4, (64, 2), 1e-3),
     (np.float32, 1e4, (4, 2, 3, 5, 7), 1e-3),
+    (np.float32, 1e4, (3, 2, 40, 40), 1e-3),
+    (np.float32, -1e4, (16, 2, 64, 64), 1e-3),
+    (np.float32, 1e4, (1000, 3), 1e-3),
     (np.float64, 1e6, (8, 3, 16, 16), 1e-8),
 ]
 

@@ -13,10 +13,10 @@
 cdef extern from *:
     """
     /* Independent accumulators per plane; float32 partial sums stay short
-       (CBP_PLANE_BLOCK / CBP_LANES = 16 terms per lane) before they go into
+       (CBP_PLANE_BLOCK / CBP_LANES = 32 terms per lane) before they go into
        float64. */
     #define CBP_LANES 16
-    #define CBP_PLANE_BLOCK 256
+    #define CBP_PLANE_BLOCK 512
 
     /* sum dy and sum dy * (x - mh) over one plane of S elements */
     #define CBP_DEFINE_PLANE_BACKPROP(T, SUF)                                       \\
