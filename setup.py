@@ -5,9 +5,12 @@ compile with OpenMP fails loudly rather than shipping a single-threaded wheel.
 """
 import os
 import sys
+import tempfile
+import textwrap
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 
 def _openmp_flags():
@@ -34,18 +37,66 @@ omp_compile, omp_link = _openmp_flags()
 compile_args = _opt_flags() + omp_compile
 build_info = " ".join(compile_args)
 
+_ext_args = dict(
+    # dladdr (the OpenMP runtime's path for show_config) is in libdl before glibc 2.34.
+    libraries=["dl"] if sys.platform.startswith("linux") else [],
+    extra_compile_args=compile_args,
+    extra_link_args=omp_link,
+    define_macros=[("CBP_COMPILE_ARGS", '"%s"' % build_info),
+                   ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+)
 extensions = [
-    Extension(
-        "cbp._kernels",
-        ["src/cbp/_kernels.pyx"],
-        extra_compile_args=compile_args,
-        extra_link_args=omp_link,
-        define_macros=[("CBP_COMPILE_ARGS", '"%s"' % build_info),
-                       ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    )
+    # The kernels and the public C API (cython_api.pxd), compiled once.
+    Extension("cbp.cython_api", ["src/cbp/cython_api.pyx"], **_ext_args),
+    # The Python entry points, calling the kernels through that C API.
+    Extension("cbp._kernels", ["src/cbp/_kernels.pyx"], **_ext_args),
 ]
 
+_OPENMP_PROBE = textwrap.dedent("""\
+    #include <omp.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        return (n >= 1 && omp_get_max_threads() >= 1) ? 0 : 1;
+    }
+""")
+
+
+def _probe_openmp(compiler):
+    """Compile and link a tiny OpenMP program with the flags the extensions use."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp_probe.c")
+        with open(src, "w") as f:
+            f.write(_OPENMP_PROBE)
+        try:
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=omp_compile)
+            compiler.link_executable(objs, "omp_probe", output_dir=tmp,
+                                     extra_postargs=omp_link)
+        except Exception as exc:  # CompileError, LinkError
+            return str(exc)
+    return None
+
+
+class BuildExtCheckingOpenMP(build_ext):
+    """build_ext that refuses to produce a serial build by accident."""
+
+    def build_extensions(self):
+        if omp_compile:
+            error = _probe_openmp(self.compiler)
+            if error is not None:
+                raise RuntimeError(
+                    "cbp: this compiler cannot build with OpenMP (%s; flags %s / %s): %s\n"
+                    "A release build must be multi-threaded. Install an OpenMP runtime "
+                    "(gcc: libgomp; macOS: libomp, with CPPFLAGS/LDFLAGS pointing at it), "
+                    "or set CBP_OPENMP=0 to build a serial package on purpose."
+                    % (self.compiler.compiler_type, " ".join(omp_compile),
+                       " ".join(omp_link), error))
+        super().build_extensions()
+
+
 setup(
+    cmdclass={"build_ext": BuildExtCheckingOpenMP},
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": 3},

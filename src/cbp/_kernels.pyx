@@ -1,39 +1,44 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Compiled kernels of cbp.
+"""Python entry points of cbp's kernels.
 
-One extension module; the kernels live in files named after what they do:
-``_plan.pxi`` (work decomposition), ``_nchw_reduce.pxi`` and ``_nhwc_reduce.pxi``
-(per-channel reductions), ``_sweeps.pxi`` (dX and affine sweeps). This file
-and ``_drivers.pxi`` (the fused operations); this file holds the entry points
-the Python layer calls.
+The kernels themselves are compiled once, in ``cbp.cython_api`` (which
+includes ``_plan.pxi``, ``_nchw_reduce.pxi``, ``_nhwc_reduce.pxi``,
+``_sweeps.pxi`` and ``_drivers.pxi``); this module calls them through the same
+public C API that other packages cimport, picking the float32 or float64
+function by the arrays' dtype.
 Inputs here are already validated and C-contiguous, shaped (N, C, S): S > 1
 runs the NCHW kernels, S == 1 the row ("NHWC") kernels.
 """
 from cython cimport floating
-from cython.parallel cimport prange
-from libc.stdlib cimport malloc, free
-from libc.math cimport sqrt
 
-from cbp._openmp cimport CBP_HAVE_OPENMP, omp_get_max_threads
+from cbp.cython_api cimport (
+    cbp_openmp_enabled, cbp_max_threads, cbp_default_cache_bytes,
+    cbp_moments_f32, cbp_moments_f64,
+    cbp_backprop_sums_f32, cbp_backprop_sums_f64,
+    cbp_dx_f32, cbp_dx_f64,
+    cbp_backward_f32, cbp_backward_f64,
+    cbp_forward_f32, cbp_forward_f64,
+    cbp_affine_f32, cbp_affine_f64,
+)
 
 import numpy as np
 
-include "_plan.pxi"
-include "_nchw_reduce.pxi"
-include "_nhwc_reduce.pxi"
-include "_sweeps.pxi"
+cdef Py_ssize_t _cache_block_bytes = cbp_default_cache_bytes()
 
-include "_drivers.pxi"
 
-cdef Py_ssize_t _cache_block_bytes = CACHE_BLOCK_BYTES
+cdef _check(int rc):
+    if rc == -1:
+        raise MemoryError("cbp: could not allocate kernel scratch")
+    if rc != 0:
+        raise ValueError(f"cbp: kernel rejected its arguments (code {rc})")
 
 
 def openmp_enabled():
-    return bool(CBP_HAVE_OPENMP)
+    return bool(cbp_openmp_enabled())
 
 
 def max_threads():
-    return omp_get_max_threads()
+    return cbp_max_threads()
 
 
 def cache_block_bytes(value=None):
@@ -58,10 +63,13 @@ def backprop_sums(const floating[:, :, ::1] x, const floating[:, :, ::1] dy,
     cdef double[::1] ds = dscale, db = dbias
     cdef int rc
     with nogil:
-        rc = backward_driver(&x[0, 0, 0], &dy[0, 0, 0], NULL, N, C, S, &mean[0], &inv_std[0],
-                             NULL, 0.0, &ds[0], &db[0], _cache_block_bytes, nthreads)
-    if rc != 0:
-        raise MemoryError("cbp: could not allocate kernel scratch")
+        if floating is float:
+            rc = cbp_backprop_sums_f32(&x[0, 0, 0], &dy[0, 0, 0], N, C, S, &mean[0],
+                                       &inv_std[0], &ds[0], &db[0], nthreads)
+        else:
+            rc = cbp_backprop_sums_f64(&x[0, 0, 0], &dy[0, 0, 0], N, C, S, &mean[0],
+                                       &inv_std[0], &ds[0], &db[0], nthreads)
+    _check(rc)
     return dscale, dbias
 
 
@@ -74,11 +82,15 @@ def backward(const floating[:, :, ::1] x, const floating[:, :, ::1] dy,
     cdef double[::1] ds = dscale, db = dbias
     cdef int rc
     with nogil:
-        rc = backward_driver(&x[0, 0, 0], &dy[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0],
-                             &inv_std[0], &scale[0], <double>(N * S), &ds[0], &db[0],
-                             _cache_block_bytes, nthreads)
-    if rc != 0:
-        raise MemoryError("cbp: could not allocate kernel scratch")
+        if floating is float:
+            rc = cbp_backward_f32(&x[0, 0, 0], &dy[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0],
+                                  &inv_std[0], &scale[0], &ds[0], &db[0], _cache_block_bytes,
+                                  nthreads)
+        else:
+            rc = cbp_backward_f64(&x[0, 0, 0], &dy[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0],
+                                  &inv_std[0], &scale[0], &ds[0], &db[0], _cache_block_bytes,
+                                  nthreads)
+    _check(rc)
     return dscale, dbias
 
 
@@ -88,10 +100,13 @@ def dx(const floating[:, :, ::1] x, const floating[:, :, ::1] dy, const double[:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef int rc
     with nogil:
-        rc = dx_driver(&x[0, 0, 0], &dy[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0],
-                       &inv_std[0], &scale[0], &dscale[0], &dbias[0], count, nthreads)
-    if rc != 0:
-        raise MemoryError("cbp: could not allocate kernel scratch")
+        if floating is float:
+            rc = cbp_dx_f32(&x[0, 0, 0], &dy[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0],
+                            &inv_std[0], &scale[0], &dscale[0], &dbias[0], count, nthreads)
+        else:
+            rc = cbp_dx_f64(&x[0, 0, 0], &dy[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0],
+                            &inv_std[0], &scale[0], &dscale[0], &dbias[0], count, nthreads)
+    _check(rc)
 
 
 def moments(const floating[:, :, ::1] x, int nthreads):
@@ -101,10 +116,11 @@ def moments(const floating[:, :, ::1] x, int nthreads):
     cdef double[::1] mv = mean, m2v = m2
     cdef int rc
     with nogil:
-        rc = forward_driver(&x[0, 0, 0], <floating*>NULL, N, C, S, NULL, NULL, 0.0,
-                            &mv[0], &m2v[0], NULL, _cache_block_bytes, nthreads)
-    if rc != 0:
-        raise MemoryError("cbp: could not allocate kernel scratch")
+        if floating is float:
+            rc = cbp_moments_f32(&x[0, 0, 0], N, C, S, &mv[0], &m2v[0], nthreads)
+        else:
+            rc = cbp_moments_f64(&x[0, 0, 0], N, C, S, &mv[0], &m2v[0], nthreads)
+    _check(rc)
     return mean, m2
 
 
@@ -117,10 +133,13 @@ def forward(const floating[:, :, ::1] x, const double[::1] scale, const double[:
     cdef double[::1] mv = mean, m2v = m2, iv = inv_std
     cdef int rc
     with nogil:
-        rc = forward_driver(&x[0, 0, 0], &out[0, 0, 0], N, C, S, &scale[0], &bias[0], eps,
-                            &mv[0], &m2v[0], &iv[0], _cache_block_bytes, nthreads)
-    if rc != 0:
-        raise MemoryError("cbp: could not allocate kernel scratch")
+        if floating is float:
+            rc = cbp_forward_f32(&x[0, 0, 0], &out[0, 0, 0], N, C, S, &scale[0], &bias[0], eps,
+                                 &mv[0], &m2v[0], &iv[0], _cache_block_bytes, nthreads)
+        else:
+            rc = cbp_forward_f64(&x[0, 0, 0], &out[0, 0, 0], N, C, S, &scale[0], &bias[0], eps,
+                                 &mv[0], &m2v[0], &iv[0], _cache_block_bytes, nthreads)
+    _check(rc)
     return mean, m2, inv_std
 
 
@@ -129,10 +148,13 @@ def affine(const floating[:, :, ::1] x, const double[::1] mean, const double[::1
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef int rc
     with nogil:
-        rc = affine_driver(&x[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0], &a[0], &bias[0],
-                           nthreads)
-    if rc != 0:
-        raise MemoryError("cbp: could not allocate kernel scratch")
+        if floating is float:
+            rc = cbp_affine_f32(&x[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0], &a[0], &bias[0],
+                                nthreads)
+        else:
+            rc = cbp_affine_f64(&x[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0], &a[0], &bias[0],
+                                nthreads)
+    _check(rc)
 
 
 cdef extern from *:

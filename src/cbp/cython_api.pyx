@@ -1,0 +1,301 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""cbp's compiled kernels and its public C-level API.
+
+The kernels are compiled once, here, from files named after what they do:
+``_plan.pxi`` (work decomposition), ``_nchw_reduce.pxi`` and
+``_nhwc_reduce.pxi`` (per-channel reductions), ``_sweeps.pxi`` (dX and affine
+sweeps) and ``_drivers.pxi`` (the fused operations). The functions declared in
+``cython_api.pxd`` wrap the drivers, one per operation and dtype, for cbp's own
+Python layer (``_kernels.pyx``) and for other packages' Cython code alike.
+"""
+# The kernel files use these names; they are cimported here, not in the .pxd,
+# so the public interface stays free of cimports.
+from cython cimport floating
+from cython.parallel cimport prange, parallel, threadid
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset, memcpy
+from libc.math cimport sqrt
+
+from cbp._openmp cimport CBP_HAVE_OPENMP, omp_get_max_threads
+
+include "_plan.pxi"
+include "_nchw_reduce.pxi"
+include "_nhwc_reduce.pxi"
+include "_sweeps.pxi"
+
+include "_drivers.pxi"
+
+
+cdef extern from *:
+    """
+    /* GNU libgomp is not fork-safe: after a fork, a child's first parallel
+       region with more than one thread waits forever for the parent's pool
+       threads, which the child does not have (tests/test_fork.py). A child
+       process therefore runs cbp's kernels on one thread. LLVM's libomp and
+       MSVC's vcomp need no such guard. */
+    #if defined(_OPENMP) && defined(__GNUC__) && !defined(__clang__) && !defined(_WIN32)
+    #include <pthread.h>
+    #define CBP_FORK_GUARD 1
+    static volatile int cbp_forked_child = 0;
+    static void cbp_mark_forked_child(void) { cbp_forked_child = 1; }
+    static int cbp_install_fork_guard(void) {
+        return pthread_atfork(NULL, NULL, cbp_mark_forked_child);
+    }
+    #else
+    #define CBP_FORK_GUARD 0
+    static volatile int cbp_forked_child = 0;
+    static int cbp_install_fork_guard(void) { return 0; }
+    #endif
+
+    /* The file of the OpenMP runtime cbp's kernels call (for show_config and
+       threadpoolctl), or "" when unknown. */
+    #if defined(_OPENMP) && defined(_WIN32)
+    #include <windows.h>
+    static char cbp_omp_path[MAX_PATH + 1];
+    static const char* cbp_openmp_library(void) {
+        HMODULE h = NULL;
+        if (GetModuleHandleExA(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS |
+                               GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT,
+                               (LPCSTR)(void*)&omp_get_max_threads, &h)
+                && GetModuleFileNameA(h, cbp_omp_path, MAX_PATH))
+            return cbp_omp_path;
+        return "";
+    }
+    #elif defined(_OPENMP)
+    #include <dlfcn.h>
+    static const char* cbp_openmp_library(void) {
+        Dl_info info;
+        if (dladdr((void*)&omp_get_max_threads, &info) && info.dli_fname)
+            return info.dli_fname;
+        return "";
+    }
+    #else
+    static const char* cbp_openmp_library(void) { return ""; }
+    #endif
+    """
+    const int CBP_FORK_GUARD
+    int cbp_forked_child
+    int cbp_install_fork_guard()
+    const char* cbp_openmp_library()
+
+
+if cbp_install_fork_guard() != 0:
+    raise ImportError("cbp: could not install its fork handler (pthread_atfork)")
+
+
+def openmp_library_path():
+    """Path of the OpenMP runtime library cbp's kernels call ("" if none or unknown)."""
+    return cbp_openmp_library().decode("utf-8", "surrogateescape")
+
+
+def in_forked_child():
+    """True in a process forked (without exec) while cbp uses GNU libgomp: one thread then."""
+    return bool(cbp_forked_child)
+
+
+cdef enum:
+    _OK = 0
+    _INVALID = -2
+
+
+cdef inline bint _bad_dims(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                           int num_threads) noexcept nogil:
+    return N < 0 or C < 0 or S < 0 or num_threads < 1
+
+
+cdef inline int _team(int num_threads) noexcept nogil:
+    return 1 if cbp_forked_child else num_threads
+
+
+cdef inline Py_ssize_t _cache(Py_ssize_t cache_bytes) noexcept nogil:
+    return cache_bytes if cache_bytes > 0 else CACHE_BLOCK_BYTES
+
+
+cdef inline void _zeros(double* a, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        a[c] = 0.0
+
+
+# ---------------------------------------------------------------------------
+# dtype-generic bodies; the public functions below pin the dtype
+
+cdef int _moments(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, double* mean,
+                  double* m2, int num_threads) noexcept nogil:
+    if _bad_dims(N, C, S, num_threads):
+        return _INVALID
+    if C == 0:
+        return _OK
+    if N * S == 0:
+        _zeros(mean, C)
+        _zeros(m2, C)
+        return _OK
+    return forward_driver(x, <floating*>NULL, N, C, S, NULL, NULL, 0.0, mean, m2, NULL,
+                          CACHE_BLOCK_BYTES, _team(num_threads))
+
+
+cdef int _backprop_sums(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t C,
+                        Py_ssize_t S, const double* mean, const double* inv_std,
+                        double* dscale, double* dbias, int num_threads) noexcept nogil:
+    if _bad_dims(N, C, S, num_threads):
+        return _INVALID
+    if C == 0:
+        return _OK
+    if N * S == 0:
+        _zeros(dscale, C)
+        _zeros(dbias, C)
+        return _OK
+    return backward_driver(x, dy, <floating*>NULL, N, C, S, mean, inv_std, NULL, 0.0,
+                           dscale, dbias, CACHE_BLOCK_BYTES, _team(num_threads))
+
+
+cdef int _dx(const floating* x, const floating* dy, floating* out, Py_ssize_t N, Py_ssize_t C,
+             Py_ssize_t S, const double* mean, const double* inv_std, const double* scale,
+             const double* dscale, const double* dbias, double count,
+             int num_threads) noexcept nogil:
+    if _bad_dims(N, C, S, num_threads) or not count > 0:
+        return _INVALID
+    if C == 0 or N * S == 0:
+        return _OK
+    return dx_driver(x, dy, out, N, C, S, mean, inv_std, scale, dscale, dbias, count,
+                     _team(num_threads))
+
+
+cdef int _backward(const floating* x, const floating* dy, floating* out, Py_ssize_t N,
+                   Py_ssize_t C, Py_ssize_t S, const double* mean, const double* inv_std,
+                   const double* scale, double* dscale, double* dbias, Py_ssize_t cache_bytes,
+                   int num_threads) noexcept nogil:
+    if _bad_dims(N, C, S, num_threads):
+        return _INVALID
+    if C == 0:
+        return _OK
+    if N * S == 0:
+        _zeros(dscale, C)
+        _zeros(dbias, C)
+        return _OK
+    return backward_driver(x, dy, out, N, C, S, mean, inv_std, scale, <double>(N * S),
+                           dscale, dbias, _cache(cache_bytes), _team(num_threads))
+
+
+cdef int _forward(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                  const double* scale, const double* bias, double eps, double* mean,
+                  double* m2, double* inv_std, Py_ssize_t cache_bytes,
+                  int num_threads) noexcept nogil:
+    cdef Py_ssize_t c
+    if _bad_dims(N, C, S, num_threads) or not eps > 0:
+        return _INVALID
+    if C == 0:
+        return _OK
+    if N * S == 0:
+        _zeros(mean, C)
+        _zeros(m2, C)
+        for c in range(C):
+            inv_std[c] = 1.0 / sqrt(eps)
+        return _OK
+    return forward_driver(x, out, N, C, S, scale, bias, eps, mean, m2, inv_std,
+                          _cache(cache_bytes), _team(num_threads))
+
+
+cdef int _affine(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                 const double* mean, const double* a, const double* bias,
+                 int num_threads) noexcept nogil:
+    if _bad_dims(N, C, S, num_threads):
+        return _INVALID
+    if C == 0 or N * S == 0:
+        return _OK
+    return affine_driver(x, out, N, C, S, mean, a, bias, _team(num_threads))
+
+
+# ---------------------------------------------------------------------------
+# the public API (declared and documented in cython_api.pxd)
+
+cdef int cbp_openmp_enabled() noexcept nogil:
+    return CBP_HAVE_OPENMP
+
+
+cdef int cbp_max_threads() noexcept nogil:
+    return 1 if cbp_forked_child else omp_get_max_threads()
+
+
+cdef Py_ssize_t cbp_default_cache_bytes() noexcept nogil:
+    return CACHE_BLOCK_BYTES
+
+
+cdef int cbp_moments_f32(const float* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                         double* mean, double* m2, int num_threads) noexcept nogil:
+    return _moments(x, N, C, S, mean, m2, num_threads)
+
+
+cdef int cbp_moments_f64(const double* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                         double* mean, double* m2, int num_threads) noexcept nogil:
+    return _moments(x, N, C, S, mean, m2, num_threads)
+
+
+cdef int cbp_backprop_sums_f32(const float* x, const float* dy, Py_ssize_t N, Py_ssize_t C,
+                               Py_ssize_t S, const double* mean, const double* inv_std,
+                               double* dscale, double* dbias, int num_threads) noexcept nogil:
+    return _backprop_sums(x, dy, N, C, S, mean, inv_std, dscale, dbias, num_threads)
+
+
+cdef int cbp_backprop_sums_f64(const double* x, const double* dy, Py_ssize_t N, Py_ssize_t C,
+                               Py_ssize_t S, const double* mean, const double* inv_std,
+                               double* dscale, double* dbias, int num_threads) noexcept nogil:
+    return _backprop_sums(x, dy, N, C, S, mean, inv_std, dscale, dbias, num_threads)
+
+
+cdef int cbp_dx_f32(const float* x, const float* dy, float* out, Py_ssize_t N, Py_ssize_t C,
+                    Py_ssize_t S, const double* mean, const double* inv_std,
+                    const double* scale, const double* dscale, const double* dbias,
+                    double count, int num_threads) noexcept nogil:
+    return _dx(x, dy, out, N, C, S, mean, inv_std, scale, dscale, dbias, count, num_threads)
+
+
+cdef int cbp_dx_f64(const double* x, const double* dy, double* out, Py_ssize_t N,
+                    Py_ssize_t C, Py_ssize_t S, const double* mean, const double* inv_std,
+                    const double* scale, const double* dscale, const double* dbias,
+                    double count, int num_threads) noexcept nogil:
+    return _dx(x, dy, out, N, C, S, mean, inv_std, scale, dscale, dbias, count, num_threads)
+
+
+cdef int cbp_backward_f32(const float* x, const float* dy, float* out, Py_ssize_t N,
+                          Py_ssize_t C, Py_ssize_t S, const double* mean,
+                          const double* inv_std, const double* scale, double* dscale,
+                          double* dbias, Py_ssize_t cache_bytes, int num_threads) noexcept nogil:
+    return _backward(x, dy, out, N, C, S, mean, inv_std, scale, dscale, dbias, cache_bytes,
+                     num_threads)
+
+
+cdef int cbp_backward_f64(const double* x, const double* dy, double* out, Py_ssize_t N,
+                          Py_ssize_t C, Py_ssize_t S, const double* mean,
+                          const double* inv_std, const double* scale, double* dscale,
+                          double* dbias, Py_ssize_t cache_bytes, int num_threads) noexcept nogil:
+    return _backward(x, dy, out, N, C, S, mean, inv_std, scale, dscale, dbias, cache_bytes,
+                     num_threads)
+
+
+cdef int cbp_forward_f32(const float* x, float* out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                         const double* scale, const double* bias, double eps, double* mean,
+                         double* m2, double* inv_std, Py_ssize_t cache_bytes,
+                         int num_threads) noexcept nogil:
+    return _forward(x, out, N, C, S, scale, bias, eps, mean, m2, inv_std, cache_bytes,
+                    num_threads)
+
+
+cdef int cbp_forward_f64(const double* x, double* out, Py_ssize_t N, Py_ssize_t C,
+                         Py_ssize_t S, const double* scale, const double* bias, double eps,
+                         double* mean, double* m2, double* inv_std, Py_ssize_t cache_bytes,
+                         int num_threads) noexcept nogil:
+    return _forward(x, out, N, C, S, scale, bias, eps, mean, m2, inv_std, cache_bytes,
+                    num_threads)
+
+
+cdef int cbp_affine_f32(const float* x, float* out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                        const double* mean, const double* a, const double* bias,
+                        int num_threads) noexcept nogil:
+    return _affine(x, out, N, C, S, mean, a, bias, num_threads)
+
+
+cdef int cbp_affine_f64(const double* x, double* out, Py_ssize_t N, Py_ssize_t C,
+                        Py_ssize_t S, const double* mean, const double* a, const double* bias,
+                        int num_threads) noexcept nogil:
+    return _affine(x, out, N, C, S, mean, a, bias, num_threads)
