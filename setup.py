@@ -4,6 +4,7 @@ CBP_OPENMP=0 builds a serial package on purpose. Otherwise a build that cannot
 compile with OpenMP fails loudly rather than shipping a single-threaded wheel.
 """
 import os
+import shlex
 import sys
 import tempfile
 import textwrap
@@ -71,8 +72,12 @@ def _probe_openmp(compiler):
             f.write(_OPENMP_PROBE)
         try:
             objs = compiler.compile([src], output_dir=tmp, extra_postargs=omp_compile)
+            # distutils adds LDFLAGS (e.g. -L of a macOS libomp) to shared-object
+            # links only; the probe is an executable, so pass them on.
+            ldflags = [] if sys.platform == "win32" else \
+                shlex.split(os.environ.get("LDFLAGS", ""))
             compiler.link_executable(objs, "omp_probe", output_dir=tmp,
-                                     extra_postargs=omp_link)
+                                     extra_postargs=omp_link + ldflags)
         except Exception as exc:  # CompileError, LinkError
             return str(exc)
     return None
