@@ -1,5 +1,6 @@
 """cbp's OpenMP runtime is visible to threadpoolctl, and threadpoolctl limits it."""
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def test_threadpoolctl_sees_cbp_runtime():
     rt, entries = _cbp_entries()
     assert entries, threadpoolctl.threadpool_info()
     assert rt["internal_api"] in ("openmp", "libgomp", "libomp", "vcomp", "intel")
-    if os.sys.platform.startswith("linux") and cbp.show_config(print_out=False)[
+    if sys.platform.startswith("linux") and cbp.show_config(print_out=False)[
             "compiler"].startswith("gcc"):
         assert rt["prefix"] == "libgomp"
 
