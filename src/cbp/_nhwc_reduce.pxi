@@ -7,7 +7,8 @@
 # vectorizes with no reassociation. Accumulators are in the input type for at
 # most ROW_FLUSH rows, then go into float64. For NHWC with small C, k = WIDEN/C
 # consecutive pixels are fused into one row of width W = k * C, so the inner
-# loop stays long; a channel then owns the k columns c, C + c, ...
+# loop stays long; a channel then owns the k columns c, C + c, ... Rows are
+# added four at a time, so each accumulator is loaded and stored once per four.
 
 cdef extern from *:
     """
@@ -32,6 +33,38 @@ cdef extern from *:
             T d = x[j] - shift[j];                                                  \\
             a[j] += d;                                                              \\
             b[j] += d * d;                                                          \\
+        }                                                                           \\
+    }
+
+    /* Four rows at a time (rows stride apart): each accumulator is loaded and
+       stored once per four rows, and the four terms are summed first. */
+    #define CBP_DEFINE_ROWS4_LOOPS(T, SUF)                                          \\
+    static CBP_DISPATCH void cbp_rows4_backprop_##SUF(const T *x, const T *dy,      \\
+            Py_ssize_t st, const T *mh, T *a, T *b, Py_ssize_t m) {                 \\
+        Py_ssize_t j;                                                               \\
+        CBP_SIMD for (j = 0; j < m; j++) {                                          \\
+            T s = mh[j];                                                            \\
+            a[j] += (dy[j] + dy[st + j]) + (dy[2 * st + j] + dy[3 * st + j]);       \\
+            b[j] += (dy[j] * (x[j] - s) + dy[st + j] * (x[st + j] - s))             \\
+                  + (dy[2 * st + j] * (x[2 * st + j] - s)                           \\
+                     + dy[3 * st + j] * (x[3 * st + j] - s));                       \\
+        }                                                                           \\
+    }                                                                               \\
+    static CBP_DISPATCH void cbp_rows4_sum_##SUF(const T *x, Py_ssize_t st, T *a,   \\
+            Py_ssize_t m) {                                                         \\
+        Py_ssize_t j;                                                               \\
+        CBP_SIMD for (j = 0; j < m; j++)                                            \\
+            a[j] += (x[j] + x[st + j]) + (x[2 * st + j] + x[3 * st + j]);           \\
+    }                                                                               \\
+    static CBP_DISPATCH void cbp_rows4_shifted_##SUF(const T *x, Py_ssize_t st,     \\
+            const T *shift, T *a, T *b, Py_ssize_t m) {                             \\
+        Py_ssize_t j;                                                               \\
+        CBP_SIMD for (j = 0; j < m; j++) {                                          \\
+            T s = shift[j];                                                         \\
+            T d0 = x[j] - s, d1 = x[st + j] - s;                                    \\
+            T d2 = x[2 * st + j] - s, d3 = x[3 * st + j] - s;                       \\
+            a[j] += (d0 + d1) + (d2 + d3);                                          \\
+            b[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                      \\
         }                                                                           \\
     }
 
@@ -63,6 +96,8 @@ cdef extern from *:
     CBP_DEFINE_ROW_LOOPS(double, f64)
     CBP_DEFINE_BLOCK_MERGE(float, f32)
     CBP_DEFINE_BLOCK_MERGE(double, f64)
+    CBP_DEFINE_ROWS4_LOOPS(float, f32)
+    CBP_DEFINE_ROWS4_LOOPS(double, f64)
     """
     void cbp_row_backprop_f32(const float* x, const float* dy, const float* mh, float* a,
                               float* b, Py_ssize_t m) noexcept nogil
@@ -80,30 +115,72 @@ cdef extern from *:
                              double* mean, double* m2, Py_ssize_t m, double n_a,
                              double nb) noexcept nogil
     void cbp_block_shift_f32(float* a, Py_ssize_t m, double nb) noexcept nogil
+    void cbp_rows4_backprop_f32(const float* x, const float* dy, Py_ssize_t st, const float* mh,
+                                float* a, float* b, Py_ssize_t m) noexcept nogil
+    void cbp_rows4_backprop_f64(const double* x, const double* dy, Py_ssize_t st,
+                                const double* mh, double* a, double* b,
+                                Py_ssize_t m) noexcept nogil
+    void cbp_rows4_sum_f32(const float* x, Py_ssize_t st, float* a, Py_ssize_t m) noexcept nogil
+    void cbp_rows4_sum_f64(const double* x, Py_ssize_t st, double* a,
+                           Py_ssize_t m) noexcept nogil
+    void cbp_rows4_shifted_f32(const float* x, Py_ssize_t st, const float* shift, float* a,
+                               float* b, Py_ssize_t m) noexcept nogil
+    void cbp_rows4_shifted_f64(const double* x, Py_ssize_t st, const double* shift, double* a,
+                               double* b, Py_ssize_t m) noexcept nogil
     void cbp_block_shift_f64(double* a, Py_ssize_t m, double nb) noexcept nogil
 
 
-cdef inline void row_backprop(const floating* x, const floating* dy, const floating* mh,
-                              floating* a, floating* b, Py_ssize_t m) noexcept nogil:
+# rows_*(..., rows, stride, ...): add `rows` (1 or 4) rows into the accumulators.
+
+cdef inline void rows_backprop(const floating* x, const floating* dy, Py_ssize_t rows,
+                               Py_ssize_t st, const floating* mh, floating* a, floating* b,
+                               Py_ssize_t m) noexcept nogil:
     if floating is float:
-        cbp_row_backprop_f32(x, dy, mh, a, b, m)
+        if rows == 4:
+            cbp_rows4_backprop_f32(x, dy, st, mh, a, b, m)
+        else:
+            cbp_row_backprop_f32(x, dy, mh, a, b, m)
     else:
-        cbp_row_backprop_f64(x, dy, mh, a, b, m)
+        if rows == 4:
+            cbp_rows4_backprop_f64(x, dy, st, mh, a, b, m)
+        else:
+            cbp_row_backprop_f64(x, dy, mh, a, b, m)
 
 
-cdef inline void row_sum(const floating* x, floating* a, Py_ssize_t m) noexcept nogil:
+cdef inline void rows_sum(const floating* x, Py_ssize_t rows, Py_ssize_t st, floating* a,
+                          Py_ssize_t m) noexcept nogil:
     if floating is float:
-        cbp_row_sum_f32(x, a, m)
+        if rows == 4:
+            cbp_rows4_sum_f32(x, st, a, m)
+        else:
+            cbp_row_sum_f32(x, a, m)
     else:
-        cbp_row_sum_f64(x, a, m)
+        if rows == 4:
+            cbp_rows4_sum_f64(x, st, a, m)
+        else:
+            cbp_row_sum_f64(x, a, m)
 
 
-cdef inline void row_shifted(const floating* x, const floating* shift, floating* a,
-                             floating* b, Py_ssize_t m) noexcept nogil:
+cdef inline void rows_shifted(const floating* x, Py_ssize_t rows, Py_ssize_t st,
+                              const floating* shift, floating* a, floating* b,
+                              Py_ssize_t m) noexcept nogil:
     if floating is float:
-        cbp_row_shifted_f32(x, shift, a, b, m)
+        if rows == 4:
+            cbp_rows4_shifted_f32(x, st, shift, a, b, m)
+        else:
+            cbp_row_shifted_f32(x, shift, a, b, m)
     else:
-        cbp_row_shifted_f64(x, shift, a, b, m)
+        if rows == 4:
+            cbp_rows4_shifted_f64(x, st, shift, a, b, m)
+        else:
+            cbp_row_shifted_f64(x, shift, a, b, m)
+
+
+cdef inline Py_ssize_t rows_step(Py_ssize_t i, Py_ssize_t i_end, Py_ssize_t full) noexcept nogil:
+    # 4 rows when rows i..i+3 are all full-width and inside the block, else 1
+    if i + 4 <= i_end and i + 4 <= full:
+        return 4
+    return 1
 
 
 cdef inline void merge_block(const floating* a, const floating* b, const floating* shift,
@@ -136,7 +213,8 @@ cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows
     cdef floating* adx
     cdef const floating* xp
     cdef const floating* gp
-    cdef Py_ssize_t i = 0, t, j, m
+    cdef Py_ssize_t i = 0, i1, j, k
+    cdef Py_ssize_t full = nrows if last_w == W else nrows - 1
     if acc == NULL:
         return -1
     ady = acc
@@ -146,12 +224,12 @@ cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows
     while i < nrows:
         for j in range(2 * W):
             acc[j] = 0
-        t = 0
-        while t < ROW_FLUSH and i < nrows:
-            m = last_w if i == nrows - 1 else W
-            row_backprop(x + i * stride, dy + i * stride, mh_w, ady, adx, m)
-            i = i + 1
-            t = t + 1
+        i1 = min(nrows, i + ROW_FLUSH)
+        while i < i1:
+            k = rows_step(i, i1, full)
+            rows_backprop(x + i * stride, dy + i * stride, k, stride, mh_w, ady, adx,
+                          W if i < full else last_w)
+            i = i + k
         for j in range(W):
             colsum[j] = colsum[j] + ady[j]
             colsum[W + j] = colsum[W + j] + adx[j]
@@ -170,7 +248,8 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
     cdef floating* a
     cdef floating* b
     cdef floating* bh
-    cdef Py_ssize_t i = 0, i1, r, j
+    cdef Py_ssize_t i = 0, i1, r, j, k
+    cdef Py_ssize_t full = nrows if last_w == W else nrows - 1
     cdef double nb
     if buf == NULL:
         return -1
@@ -184,8 +263,11 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
         nb = <double>(i1 - i)
         for j in range(W):
             bh[j] = 0
-        for r in range(i, i1):
-            row_sum(x + r * stride, bh, last_w if r == nrows - 1 else W)
+        r = i
+        while r < i1:
+            k = rows_step(r, i1, full)
+            rows_sum(x + r * stride, k, stride, bh, W if r < full else last_w)
+            r = r + k
         if i1 == nrows:
             block_shift(bh, last_w, nb)
             block_shift(bh + last_w, W - last_w, nb - 1)
@@ -193,8 +275,11 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
             block_shift(bh, W, nb)
         for j in range(2 * W):
             buf[j] = 0
-        for r in range(i, i1):
-            row_shifted(x + r * stride, bh, a, b, last_w if r == nrows - 1 else W)
+        r = i
+        while r < i1:
+            k = rows_step(r, i1, full)
+            rows_shifted(x + r * stride, k, stride, bh, a, b, W if r < full else last_w)
+            r = r + k
         if i1 == nrows:
             merge_block(a, b, bh, colstats, colstats + W, last_w, <double>i, nb)
             merge_block(a + last_w, b + last_w, bh + last_w, colstats + last_w,
