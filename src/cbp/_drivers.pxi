@@ -108,7 +108,9 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
             if out != NULL:
                 for c in range(c0, c1):
                     set_dx_coef(c, C, mean, inv_std, scale, dscale, dbias, count, coef)
-                nchw_dx_sweep(x, dy, out, N, C, S, c0, c1, coef, nthreads)
+                rc = nchw_sweep(x, dy, out, N, C, S, p, cb0, cb1, coef, nthreads)
+                if rc != 0:
+                    break
             cb0 = cb1
     else:
         tile_coef(coef, C, k, coef_w)
@@ -125,36 +127,46 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
                 for c in range(C):
                     set_dx_coef(c, C, mean, inv_std, scale, dscale, dbias, count, coef)
                 tile_coef(coef, C, k, coef_w)
-                nhwc_dx_sweep(x, dy, out, N, C, coef_w, nthreads)
+                nhwc_sweep(x, dy, out, N, C, coef_w, nthreads)
     free(coef)
     free(coef_w)
     free(part)
     return rc
 
 
+cdef int sweep_driver(const floating* x, const floating* dy, floating* out, Py_ssize_t N,
+                      Py_ssize_t C, Py_ssize_t S, const floating* coef,
+                      int nthreads) noexcept nogil:
+    """One sweep over the whole block from per-channel coefficients (dy == NULL: affine)."""
+    cdef Py_ssize_t k = column_widen(C)
+    cdef floating* coef_w
+    cdef PlanePlan p
+    if S > 1:
+        p = plane_plan(N, C, S)
+        return nchw_sweep(x, dy, out, N, C, S, p, 0, p.ncb, coef, nthreads)
+    coef_w = <floating*>malloc(4 * k * C * sizeof(floating))
+    if coef_w == NULL:
+        return -1
+    tile_coef(coef, C, k, coef_w)
+    nhwc_sweep(x, dy, out, N, C, coef_w, nthreads)
+    free(coef_w)
+    return 0
+
+
 cdef int dx_driver(const floating* x, const floating* dy, floating* out, Py_ssize_t N,
                    Py_ssize_t C, Py_ssize_t S, const double* mean, const double* inv_std,
                    const double* scale, const double* dscale, const double* dbias,
                    double count, int nthreads) noexcept nogil:
-    cdef Py_ssize_t k = column_widen(C), c
+    cdef Py_ssize_t c
+    cdef int rc
     cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
-    cdef floating* coef_w = NULL
     if coef == NULL:
         return -1
     for c in range(C):
         set_dx_coef(c, C, mean, inv_std, scale, dscale, dbias, count, coef)
-    if S > 1:
-        nchw_dx_sweep(x, dy, out, N, C, S, 0, C, coef, nthreads)
-    else:
-        coef_w = <floating*>malloc(4 * k * C * sizeof(floating))
-        if coef_w == NULL:
-            free(coef)
-            return -1
-        tile_coef(coef, C, k, coef_w)
-        nhwc_dx_sweep(x, dy, out, N, C, coef_w, nthreads)
+    rc = sweep_driver(x, dy, out, N, C, S, coef, nthreads)
     free(coef)
-    free(coef_w)
-    return 0
+    return rc
 
 
 cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t C,
@@ -208,7 +220,9 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
                 for c in range(c0, c1):
                     inv_std[c] = 1.0 / sqrt(m2[c] / <double>(N * S) + eps)
                     set_affine_coef(c, C, mean[c], scale[c] * inv_std[c], bias[c], coef)
-                nchw_affine_sweep(x, out, N, C, S, c0, c1, coef, nthreads)
+                rc = nchw_sweep(x, <floating*>NULL, out, N, C, S, p, cb0, cb1, coef, nthreads)
+                if rc != 0:
+                    break
             cb0 = cb1
     else:
         rc = nhwc_moments(x, N, C, part, nthreads)
@@ -226,7 +240,7 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
                     inv_std[c] = 1.0 / sqrt(m2[c] / <double>N + eps)
                     set_affine_coef(c, C, mean[c], scale[c] * inv_std[c], bias[c], coef)
                 tile_coef(coef, C, k, coef_w)
-                nhwc_affine_sweep(x, out, N, C, coef_w, nthreads)
+                nhwc_sweep(x, <floating*>NULL, out, N, C, coef_w, nthreads)
     free(part)
     free(coef)
     free(coef_w)
@@ -236,22 +250,13 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
 cdef int affine_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t C,
                        Py_ssize_t S, const double* mean, const double* a, const double* bias,
                        int nthreads) noexcept nogil:
-    cdef Py_ssize_t k = column_widen(C), c
+    cdef Py_ssize_t c
+    cdef int rc
     cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
-    cdef floating* coef_w = NULL
     if coef == NULL:
         return -1
     for c in range(C):
         set_affine_coef(c, C, mean[c], a[c], bias[c], coef)
-    if S > 1:
-        nchw_affine_sweep(x, out, N, C, S, 0, C, coef, nthreads)
-    else:
-        coef_w = <floating*>malloc(4 * k * C * sizeof(floating))
-        if coef_w == NULL:
-            free(coef)
-            return -1
-        tile_coef(coef, C, k, coef_w)
-        nhwc_affine_sweep(x, out, N, C, coef_w, nthreads)
+    rc = sweep_driver(x, <floating*>NULL, out, N, C, S, coef, nthreads)
     free(coef)
-    free(coef_w)
-    return 0
+    return rc
