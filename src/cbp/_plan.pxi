@@ -26,7 +26,7 @@ cdef enum:
     MIN_UNITS = 64
     # Column kernels fuse consecutive rows until a fused row has at least this
     # many elements, so a small C still gives long vectorizable inner loops.
-    WIDEN = 256
+    WIDEN = 64
 
 
 cdef struct PlanePlan:

@@ -6,8 +6,8 @@
 # rather than a * dy + b * x + k', which cancels badly when |mean| >> std.
 # `coef` holds four rows of C values: mean_hi, a, b, k. A sweep with dy == NULL
 # is the affine map. Rows of channels (NHWC, short NCHW planes) use the four
-# rows tiled to the row width, and go four rows at a time so each coefficient
-# is loaded once per four outputs.
+# rows tiled to the row width; short NCHW planes go four rows at a time so
+# each coefficient is loaded once per four outputs.
 # An output may be the very array it reads (in-place); elements are read
 # before they are written at the same index.
 
@@ -92,7 +92,9 @@ cdef inline void rows_sweep(const floating* x, const floating* dy, floating* out
     cdef int rows
     cdef const floating* g
     while i < nrows:
-        rows = 4 if i + 4 <= full else 1
+        # four rows per coefficient load where rows are apart (short NCHW
+        # planes); contiguous NHWC rows measured faster one at a time
+        rows = 4 if (st != W and i + 4 <= full) else 1
         g = NULL if dy == NULL else dy + i * st
         if floating is float:
             cbp_rows_sweep_f32(x + i * st, g, out + i * st, rows, st,
