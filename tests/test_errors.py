@@ -1,4 +1,4 @@
-"""Every bad input in API_CONTRACT.md raises the documented exception type,
+"""Every bad input in the README's conventions raises the documented exception type,
 with a message that names the argument.  Each rejection is paired with the
 valid call it was derived from, so a test cannot pass by everything failing."""
 import numpy as np
