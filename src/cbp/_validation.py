@@ -48,6 +48,21 @@ def resolve_threads(num_threads) -> int:
     return n
 
 
+def check_activation_kind(arr, name: str, like=None) -> None:
+    """dtype and shape rules of an x-shaped array (NumPy or dask); `like` is x."""
+    if arr.dtype not in _FLOATS:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    if like is not None:
+        if arr.dtype != like.dtype:
+            raise TypeError(f"{name} must have the same dtype as x ({like.dtype}), "
+                            f"got {arr.dtype}")
+        if arr.shape != like.shape:
+            raise ValueError(f"{name} must have the shape of x {like.shape}, got {arr.shape}")
+    elif not 2 <= arr.ndim <= 5:
+        raise ValueError(f"{name} must have 2 to 5 dimensions, got {arr.ndim} "
+                         f"(shape {arr.shape})")
+
+
 def activation(x, name: str, layout: str, like: Canonical | None = None) -> Canonical:
     """Check an x-shaped input and view it as an (N, C, S) block.
 
@@ -55,16 +70,7 @@ def activation(x, name: str, layout: str, like: Canonical | None = None) -> Cano
     kernels never read through strides.
     """
     arr = np.asarray(x)
-    if arr.dtype not in _FLOATS:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
-    if like is not None:
-        ref = like.array
-        if arr.dtype != ref.dtype:
-            raise TypeError(f"{name} must have the same dtype as x ({ref.dtype}), got {arr.dtype}")
-        if arr.shape != ref.shape:
-            raise ValueError(f"{name} must have the shape of x {ref.shape}, got {arr.shape}")
-    elif not 2 <= arr.ndim <= 5:
-        raise ValueError(f"{name} must have 2 to 5 dimensions, got {arr.ndim} (shape {arr.shape})")
+    check_activation_kind(arr, name, None if like is None else like.array)
     arr = np.ascontiguousarray(arr)
     if layout == "NCHW":
         n, c = arr.shape[0], arr.shape[1]

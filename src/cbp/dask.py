@@ -52,15 +52,7 @@ STATS_DTYPE = np.dtype([("count", np.float64), ("mean", np.float64), ("m2", np.f
 def _activation(x, name, layout, like=None):
     if not isinstance(x, da.Array):
         x = da.asarray(x)
-    if x.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
-    if like is not None:
-        if x.dtype != like.dtype:
-            raise TypeError(f"{name} must have the same dtype as x ({like.dtype}), got {x.dtype}")
-        if x.shape != like.shape:
-            raise ValueError(f"{name} must have the shape of x {like.shape}, got {x.shape}")
-    elif not 2 <= x.ndim <= 5:
-        raise ValueError(f"{name} must have 2 to 5 dimensions, got {x.ndim} (shape {x.shape})")
+    v.check_activation_kind(x, name, like)
     if any(isinstance(s, float) and math.isnan(s) for s in x.shape):
         raise ValueError(f"{name} has unknown chunk sizes (shape {x.shape}); call "
                          f"{name}.compute_chunk_sizes() first")
