@@ -71,7 +71,8 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
     cdef floating* coef_w = NULL
     cdef int rc = 0
     if S > 1:
-        p = plane_plan(N, C, S)
+        p = plane_plan(N, C, S, C if out == NULL else max(
+            1, cache_bytes // (2 * N * S * <Py_ssize_t>sizeof(floating))))
         nparts = p.ng
     else:
         nparts = column_units(N)
@@ -87,9 +88,7 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
     if S > 1:
         # Cache blocking: reduce a block of channels, then sweep its dX while
         # its x and dy are still in L3.
-        sb = p.ncb
-        if out != NULL:
-            sb = max(1, cache_bytes // (2 * N * S * p.cb * <Py_ssize_t>sizeof(floating)))
+        sb = p.sb
         cb0 = 0
         while cb0 < p.ncb:
             cb1 = min(p.ncb, cb0 + sb)
@@ -142,7 +141,7 @@ cdef int sweep_driver(const floating* x, const floating* dy, floating* out, Py_s
     cdef floating* coef_w
     cdef PlanePlan p
     if S > 1:
-        p = plane_plan(N, C, S)
+        p = plane_plan(N, C, S, C)
         return nchw_sweep(x, dy, out, N, C, S, p, 0, p.ncb, coef, nthreads)
     coef_w = <floating*>malloc(4 * k * C * sizeof(floating))
     if coef_w == NULL:
@@ -182,7 +181,8 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
     cdef floating* coef_w = NULL
     cdef int rc = 0
     if S > 1:
-        p = plane_plan(N, C, S)
+        p = plane_plan(N, C, S, C if out == NULL else max(
+            1, cache_bytes // (N * S * <Py_ssize_t>sizeof(floating))))
         nparts = p.ng
     else:
         nparts = column_units(N)
@@ -197,9 +197,7 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
         free(coef_w)
         return -1
     if S > 1:
-        sb = p.ncb
-        if out != NULL:
-            sb = max(1, cache_bytes // (N * S * p.cb * <Py_ssize_t>sizeof(floating)))
+        sb = p.sb
         cb0 = 0
         while cb0 < p.ncb:
             cb1 = min(p.ncb, cb0 + sb)

@@ -33,21 +33,35 @@ cdef struct PlanePlan:
     Py_ssize_t cb     # channels per channel block
     Py_ssize_t ncb    # number of channel blocks
     Py_ssize_t ng     # number of image groups; a unit is (channel block, image group)
+    Py_ssize_t sb     # channel blocks per cache block (the fused passes' superblock)
 
 
 cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
 
 
-cdef inline PlanePlan plane_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S) noexcept nogil:
+cdef inline PlanePlan plane_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                                 Py_ssize_t L) noexcept nogil:
+    """Units for an (N, C, S) block whose cache blocks hold at most L channels
+    (L = C when nothing is re-read)."""
     cdef PlanePlan p
-    if S >= RUN_ELEMS:
-        p.cb = 1
-    else:
+    cdef Py_ssize_t k
+    if S < SHORT_PLANE:
+        # Column kernels: a row is one image's run of a small channel block.
         p.cb = min(C, ceil_div(RUN_ELEMS, S))
-    p.ncb = ceil_div(C, p.cb)
-    p.ng = max(ceil_div(N * p.cb * S, UNIT_ELEMS), ceil_div(MIN_UNITS, p.ncb))
-    p.ng = max(1, min(p.ng, N))
+        p.ncb = ceil_div(C, p.cb)
+        p.ng = max(ceil_div(N * p.cb * S, UNIT_ELEMS), ceil_div(MIN_UNITS, p.ncb))
+        p.ng = max(1, min(p.ng, N))
+        p.sb = max(1, L // p.cb)
+    else:
+        # Plane kernels: each unit reads, image after image, one contiguous run
+        # of a channel block, so memory is streamed in order; a cache block is
+        # cut into k channel blocks so it still holds MIN_UNITS units.
+        p.ng = max(1, min(N, MIN_UNITS))
+        k = ceil_div(MIN_UNITS, p.ng)
+        p.cb = max(1, min(L, C) // k)
+        p.ncb = ceil_div(C, p.cb)
+        p.sb = k
     return p
 
 
