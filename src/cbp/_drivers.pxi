@@ -207,13 +207,14 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
             if rc != 0:
                 break
             for c in range(c0, c1):
-                cnt = 0.0
                 mean[c] = 0.0
                 m2[c] = 0.0
-                for g in range(p.ng):
-                    gcnt = <double>(((g + 1) * N // p.ng - g * N // p.ng) * S)
-                    chan_merge(&cnt, mean + c, m2 + c, gcnt,
-                               part[2 * (g * C + c)], part[2 * (g * C + c) + 1])
+            cnt = 0.0
+            for g in range(p.ng):
+                gcnt = <double>(((g + 1) * N // p.ng - g * N // p.ng) * S)
+                merge_into(mean + c0, m2 + c0, 1, part + 2 * (g * C + c0),
+                           part + 2 * (g * C + c0) + 1, 2, c1 - c0, cnt, gcnt)
+                cnt = cnt + gcnt
             if out != NULL:
                 for c in range(c0, c1):
                     inv_std[c] = 1.0 / sqrt(m2[c] / <double>(N * S) + eps)
@@ -226,13 +227,13 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
         rc = nhwc_moments(x, N, C, part, nthreads)
         if rc == 0:
             for c in range(C):
-                cnt = 0.0
                 mean[c] = 0.0
                 m2[c] = 0.0
-                for g in range(nparts):
-                    gcnt = <double>((g + 1) * N // nparts - g * N // nparts)
-                    chan_merge(&cnt, mean + c, m2 + c, gcnt,
-                               part[2 * (g * C + c)], part[2 * (g * C + c) + 1])
+            cnt = 0.0
+            for g in range(nparts):
+                gcnt = <double>((g + 1) * N // nparts - g * N // nparts)
+                merge_into(mean, m2, 1, part + 2 * g * C, part + 2 * g * C + 1, 2, C, cnt, gcnt)
+                cnt = cnt + gcnt
             if out != NULL:
                 for c in range(C):
                     inv_std[c] = 1.0 / sqrt(m2[c] / <double>N + eps)

@@ -186,11 +186,9 @@ cdef int nchw_moments_unit(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssi
     if column_moments(x + (n0 * C + c0) * S, n1 - n0, C * S, W, W, cs) != 0:
         free(cs)
         return -1
-    for c in range(c1 - c0):
-        cnt = 0.0
-        for s in range(S):
-            chan_merge(&cnt, out + 2 * c, out + 2 * c + 1, <double>(n1 - n0), cs[c * S + s],
-                       cs[W + c * S + s])
+    for s in range(S):
+        merge_into(out, out + 1, 2, cs + s, cs + W + s, S, c1 - c0, <double>(s * (n1 - n0)),
+                   <double>(n1 - n0))
     free(cs)
     return 0
 

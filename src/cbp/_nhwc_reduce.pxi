@@ -321,21 +321,22 @@ cdef int nhwc_moments_unit(const floating* x, Py_ssize_t C, Py_ssize_t k, Py_ssi
     # out is [C, 2]: (mean, M2) over pixel rows r0..r1 (count r1 - r0).
     cdef Py_ssize_t W = k * C, nrows = ceil_div(r1 - r0, k), i, c
     cdef Py_ssize_t last_w = (r1 - r0 - (nrows - 1) * k) * C
-    cdef double cnt
+    cdef double cnt, nb
     cdef double* cs = <double*>malloc(2 * W * sizeof(double))
     if cs == NULL:
         return -1
     if column_moments(x + r0 * C, nrows, W, W, last_w, cs) != 0:
         free(cs)
         return -1
-    for c in range(C):
-        cnt = 0.0
-        out[2 * c] = 0.0
-        out[2 * c + 1] = 0.0
-        for i in range(k):
-            chan_merge(&cnt, out + 2 * c, out + 2 * c + 1,
-                       <double>(nrows - (1 if i * C + c >= last_w else 0)),
-                       cs[i * C + c], cs[W + i * C + c])
+    for c in range(2 * C):
+        out[c] = 0.0
+    # column i * C + c holds channel c; columns at or past last_w (a multiple
+    # of C) have one row fewer
+    cnt = 0.0
+    for i in range(k):
+        nb = <double>(nrows - (1 if i * C >= last_w else 0))
+        merge_into(out, out + 1, 2, cs + i * C, cs + W + i * C, 1, C, cnt, nb)
+        cnt = cnt + nb
     free(cs)
     return 0
 

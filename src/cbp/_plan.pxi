@@ -109,6 +109,28 @@ cdef extern from *:
         *m2_a = *m2_a + m2_b + delta * delta * (*n_a * (n_b / n));
         *n_a = n;
     }
+
+    /* The same merge for m values at once that share the counts n_a, n_b
+       (channels of one unit, columns of one block): no division per value,
+       and for each value the same operations as cbp_chan_merge. mean and m2
+       step by sd, bmean and bm2 by ss; mean and m2 start at 0 for n_a == 0. */
+    static void cbp_merge_into(double *mean, double *m2, Py_ssize_t sd,
+                               const double *bmean, const double *bm2, Py_ssize_t ss,
+                               Py_ssize_t m, double n_a, double n_b) {
+        Py_ssize_t j;
+        double w, v;
+        if (n_b == 0) return;
+        w = n_b / (n_a + n_b);
+        v = n_a * w;
+        CBP_SIMD for (j = 0; j < m; j++) {
+            double delta = bmean[j * ss] - mean[j * sd];
+            mean[j * sd] = mean[j * sd] + delta * w;
+            m2[j * sd] = m2[j * sd] + bm2[j * ss] + delta * delta * v;
+        }
+    }
     """
     void chan_merge "cbp_chan_merge"(double* n_a, double* mean_a, double* m2_a, double n_b,
                                      double mean_b, double m2_b) noexcept nogil
+    void merge_into "cbp_merge_into"(double* mean, double* m2, Py_ssize_t sd,
+                                     const double* bmean, const double* bm2, Py_ssize_t ss,
+                                     Py_ssize_t m, double n_a, double n_b) noexcept nogil
