@@ -254,6 +254,10 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
     cdef Py_ssize_t i = 0, i1, r, j, k
     cdef Py_ssize_t full = nrows if last_w == W else nrows - 1
     cdef double nb
+    # Four rows at a time where rows are apart or short (measured 1.3x to 1.6x
+    # faster there); one at a time along contiguous rows of >= 128 elements
+    # (1.3x to 1.6x faster for C = 128 to 1024).
+    cdef bint four = stride != W or W < 128
     if buf == NULL:
         return -1
     a = buf
@@ -268,7 +272,7 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
             bh[j] = 0
         r = i
         while r < i1:
-            k = rows_step(r, i1, full)
+            k = rows_step(r, i1, full) if four else 1
             rows_sum(x + r * stride, k, stride, bh, W if r < full else last_w)
             r = r + k
         if i1 == nrows:
@@ -280,7 +284,7 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
             buf[j] = 0
         r = i
         while r < i1:
-            k = rows_step(r, i1, full)
+            k = rows_step(r, i1, full) if four else 1
             rows_shifted(x + r * stride, k, stride, bh, a, b, W if r < full else last_w)
             r = r + k
         if i1 == nrows:
