@@ -29,7 +29,7 @@ def _openmp_flags():
 def _opt_flags():
     if sys.platform == "win32":
         return ["/O2"]
-    # Portable: no -march=native and no -ffast-math; kernels vectorize by
+    # Portable: no host-specific -march and no fast-math; kernels vectorize by
     # independent accumulators, which needs no reassociation. No FMA
     # contraction either, so the AVX2 clones of the inner loops (runtime
     # dispatch) round exactly like the baseline ones.
