@@ -93,8 +93,9 @@ cdef inline void rows_sweep(const floating* x, const floating* dy, floating* out
     cdef const floating* g
     while i < nrows:
         # four rows per coefficient load where rows are apart (short NCHW
-        # planes); contiguous NHWC rows measured faster one at a time
-        rows = 4 if (st != W and i + 4 <= full) else 1
+        # planes) or the coefficients outgrow L1 (W >= 2048); shorter
+        # contiguous NHWC rows measured faster one at a time
+        rows = 4 if ((st != W or W >= 2048) and i + 4 <= full) else 1
         g = NULL if dy == NULL else dy + i * st
         if floating is float:
             cbp_rows_sweep_f32(x + i * st, g, out + i * st, rows, st,
