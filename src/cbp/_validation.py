@@ -81,16 +81,21 @@ def activation(x, name: str, layout: str, like: Canonical | None = None) -> Cano
     return Canonical(arr, arr.reshape(n, c, s), c, n * s)
 
 
-def channel_vector(v, name: str, channels: int, *, finite=False, positive=False,
-                   nonnegative=False) -> np.ndarray:
-    """A per-channel vector: 1-D, length C, real floating; returned as float64."""
-    arr = np.asarray(v)
+def check_channel_kind(arr, name: str, channels: int) -> None:
+    """dtype and shape rules of a per-channel vector (NumPy or dask)."""
     if not np.issubdtype(arr.dtype, np.floating):
         raise TypeError(f"{name} must be a floating-point array of length {channels}, "
                         f"got dtype {arr.dtype}")
     if arr.shape != (channels,):
         raise ValueError(f"{name} must have shape ({channels},) (one value per channel), "
                          f"got {arr.shape}")
+
+
+def channel_vector(v, name: str, channels: int, *, finite=False, positive=False,
+                   nonnegative=False) -> np.ndarray:
+    """A per-channel vector: 1-D, length C, real floating; returned as float64."""
+    arr = np.asarray(v)
+    check_channel_kind(arr, name, channels)
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     if (finite or positive or nonnegative) and not np.isfinite(arr).all():
         raise ValueError(f"{name} must be finite, got {_first_bad(arr, ~np.isfinite(arr))}")

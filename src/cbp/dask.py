@@ -77,12 +77,7 @@ def _bcast_shape(C, cax, ndim):
 def _per_channel(vec, name, C, cchunks, cax, ndim, **checks):
     """A per-channel vector (NumPy or dask, length C) as a broadcastable dask array."""
     if isinstance(vec, da.Array):
-        if not np.issubdtype(vec.dtype, np.floating):
-            raise TypeError(f"{name} must be a floating-point array of length {C}, "
-                            f"got dtype {vec.dtype}")
-        if vec.shape != (C,):
-            raise ValueError(f"{name} must have shape ({C},) (one value per channel), "
-                             f"got {vec.shape}")
+        v.check_channel_kind(vec, name, C)
         vec = vec.astype(np.float64)
     else:
         vec = da.from_array(v.channel_vector(vec, name, C, **checks), chunks=(cchunks,))
