@@ -54,6 +54,22 @@ cdef void tile_coef(const floating* coef, Py_ssize_t C, Py_ssize_t k,
                 coef_w[j * W + i * C + c] = coef[j * C + c]
 
 
+cdef void sum_parts(const double* part, Py_ssize_t nparts, Py_ssize_t C, Py_ssize_t c0,
+                    Py_ssize_t c1, double* sdy, double* sdx) noexcept nogil:
+    # sdy[c], sdx[c] := sums over g = 0, 1, ... of part[g, c, 0], part[g, c, 1]
+    # (part is [nparts, C, 2]); parts outer so memory is read in order.
+    cdef Py_ssize_t g, c
+    cdef const double* row
+    for c in range(c0, c1):
+        sdy[c] = 0.0
+        sdx[c] = 0.0
+    for g in range(nparts):
+        row = part + 2 * g * C
+        for c in range(c0, c1):
+            sdy[c] = sdy[c] + row[2 * c]
+            sdx[c] = sdx[c] + row[2 * c + 1]
+
+
 # ---------------------------------------------------------------------------
 # drivers
 
@@ -64,8 +80,7 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
                          int nthreads) noexcept nogil:
     """Per-channel (dscale, dbias); with out != NULL also dx (fused)."""
     cdef PlanePlan p
-    cdef Py_ssize_t nparts, k = column_widen(C), cb0, cb1, sb, c0, c1, c, g
-    cdef double sdy, sdx
+    cdef Py_ssize_t nparts, k = column_widen(C), cb0, cb1, sb, c0, c1, c
     cdef double* part
     cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
     cdef floating* coef_w = NULL
@@ -97,13 +112,10 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
             rc = nchw_backprop_sums(x, dy, N, C, S, p, cb0, cb1, coef, part, nthreads)
             if rc != 0:
                 break
+            # dbias holds the sums of dy, dscale those of dy * (x - mean_hi)
+            sum_parts(part, p.ng, C, c0, c1, dbias, dscale)
             for c in range(c0, c1):
-                sdy = 0.0
-                sdx = 0.0
-                for g in range(p.ng):
-                    sdy = sdy + part[2 * (g * C + c)]
-                    sdx = sdx + part[2 * (g * C + c) + 1]
-                finish_backprop(c, sdy, sdx, mean, coef, inv_std, dscale, dbias)
+                finish_backprop(c, dbias[c], dscale[c], mean, coef, inv_std, dscale, dbias)
             if out != NULL:
                 for c in range(c0, c1):
                     set_dx_coef(c, C, mean, inv_std, scale, dscale, dbias, count, coef)
@@ -115,13 +127,9 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
         tile_coef(coef, C, k, coef_w)
         rc = nhwc_backprop_sums(x, dy, N, C, coef_w, part, nthreads)
         if rc == 0:
+            sum_parts(part, nparts, C, 0, C, dbias, dscale)
             for c in range(C):
-                sdy = 0.0
-                sdx = 0.0
-                for g in range(nparts):
-                    sdy = sdy + part[2 * (g * C + c)]
-                    sdx = sdx + part[2 * (g * C + c) + 1]
-                finish_backprop(c, sdy, sdx, mean, coef, inv_std, dscale, dbias)
+                finish_backprop(c, dbias[c], dscale[c], mean, coef, inv_std, dscale, dbias)
             if out != NULL:
                 for c in range(C):
                     set_dx_coef(c, C, mean, inv_std, scale, dscale, dbias, count, coef)
