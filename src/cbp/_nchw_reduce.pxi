@@ -18,13 +18,34 @@ cdef extern from *:
     #define CBP_LANES 16
     #define CBP_PLANE_BLOCK 512
 
+    /* ta, tb := sums of the L lanes of a, b (L a power of two >= 8), added
+       pairwise in float64 (u, v: double[L / 2] scratch). A macro, so a and b
+       stay in registers, and vectorized: a scalar fold cost as much as the
+       whole second pass of a block, and more than a 7x7 plane. */
+    #define CBP_LANES_TOTAL(L, a, b, u, v, ta, tb) do {                             \\
+        Py_ssize_t j_, h_;                                                          \\
+        CBP_SIMD for (j_ = 0; j_ < (L) / 2; j_++) {                                 \\
+            u[j_] = (double)a[j_] + (double)a[j_ + (L) / 2];                        \\
+            v[j_] = (double)b[j_] + (double)b[j_ + (L) / 2];                        \\
+        }                                                                           \\
+        for (h_ = (L) / 4; h_ >= 4; h_ /= 2) {                                      \\
+            CBP_SIMD for (j_ = 0; j_ < h_; j_++) {                                  \\
+                u[j_] += u[j_ + h_];                                                \\
+                v[j_] += v[j_ + h_];                                                \\
+            }                                                                       \\
+        }                                                                           \\
+        ta = (u[0] + u[2]) + (u[1] + u[3]);                                         \\
+        tb = (v[0] + v[2]) + (v[1] + v[3]);                                         \\
+    } while (0)
+
     /* sum dy and sum dy * (x - mh) over one plane of S elements */
     #define CBP_DEFINE_PLANE_BACKPROP(T, SUF)                                       \\
     static CBP_DISPATCH void cbp_plane_backprop_##SUF(const T *x, const T *dy,            \\
             Py_ssize_t S, T mh, double *sum_dy, double *sum_dyxc) {                 \\
         T a[CBP_LANES], b[CBP_LANES], ra = 0, rb = 0;                               \\
         Py_ssize_t s = 0, j, r, nr, rows = S / CBP_LANES;                           \\
-        double ta = 0.0, tb = 0.0;                                                  \\
+        double ta = 0.0, tb = 0.0, fa, fb;                                          \\
+        double u[CBP_LANES / 2], v[CBP_LANES / 2];                                  \\
         while (rows > 0) {                                                          \\
             nr = rows < CBP_PLANE_BLOCK / CBP_LANES ? rows                          \\
                                                     : CBP_PLANE_BLOCK / CBP_LANES;  \\
@@ -37,7 +58,9 @@ cdef extern from *:
                 }                                                                   \\
             }                                                                       \\
             rows -= nr;                                                             \\
-            for (j = 0; j < CBP_LANES; j++) { ta += a[j]; tb += b[j]; }             \\
+            CBP_LANES_TOTAL(CBP_LANES, a, b, u, v, fa, fb);                         \\
+            ta += fa;                                                               \\
+            tb += fb;                                                               \\
         }                                                                           \\
         for (; s < S; s++) { ra += dy[s]; rb += dy[s] * (x[s] - mh); }              \\
         *sum_dy += ta + ra;                                                         \\
@@ -52,25 +75,6 @@ cdef extern from *:
        most 32 terms; the lanes are combined pairwise in float64. */
     #define CBP_MOMENT_LANES 32
     #define CBP_MOMENT_BLOCK 1024
-    /* ta, tb := sums of the lanes of a, b, added pairwise in float64 (u, v:
-       double[CBP_MOMENT_LANES / 2] scratch). A macro, so a and b stay in
-       registers, and vectorized: a scalar fold cost as much as the whole
-       second pass. */
-    #define CBP_LANES_TOTAL(a, b, u, v, ta, tb) do {                                \\
-        Py_ssize_t j_, h_;                                                          \\
-        CBP_SIMD for (j_ = 0; j_ < CBP_MOMENT_LANES / 2; j_++) {                    \\
-            u[j_] = (double)a[j_] + (double)a[j_ + CBP_MOMENT_LANES / 2];           \\
-            v[j_] = (double)b[j_] + (double)b[j_ + CBP_MOMENT_LANES / 2];           \\
-        }                                                                           \\
-        for (h_ = CBP_MOMENT_LANES / 4; h_ >= 4; h_ /= 2) {                         \\
-            CBP_SIMD for (j_ = 0; j_ < h_; j_++) {                                  \\
-                u[j_] += u[j_ + h_];                                                \\
-                v[j_] += v[j_ + h_];                                                \\
-            }                                                                       \\
-        }                                                                           \\
-        ta = (u[0] + u[2]) + (u[1] + u[3]);                                         \\
-        tb = (v[0] + v[2]) + (v[1] + v[3]);                                         \\
-    } while (0)
     #define CBP_DEFINE_PLANE_MOMENTS(T, SUF)                                        \\
     static CBP_DISPATCH void cbp_plane_moments_##SUF(const T *x, Py_ssize_t S,      \\
             double *count, double *mean, double *m2) {                              \\
@@ -87,7 +91,7 @@ cdef extern from *:
                 CBP_SIMD for (j = 0; j < CBP_MOMENT_LANES; j++) a[j] += x[s + j];   \\
             }                                                                       \\
             for (j = 0; s < end; s++, j++) a[j] += x[s];                            \\
-            CBP_LANES_TOTAL(a, b, u, v, s1, s2);                                    \\
+            CBP_LANES_TOTAL(CBP_MOMENT_LANES, a, b, u, v, s1, s2);                  \\
             bh = (T)(s1 / nb);                                                      \\
             for (j = 0; j < CBP_MOMENT_LANES; j++) { a[j] = 0; b[j] = 0; }          \\
             for (s = s0; s < nfull; s += CBP_MOMENT_LANES) {                        \\
@@ -102,7 +106,7 @@ cdef extern from *:
             for (j = 0; s < end; s++, j++) {                                        \\
                 d = x[s] - bh; a[j] += d; b[j] += d * d;                            \\
             }                                                                       \\
-            CBP_LANES_TOTAL(a, b, u, v, s1, s2);                                    \\
+            CBP_LANES_TOTAL(CBP_MOMENT_LANES, a, b, u, v, s1, s2);                  \\
             s2 = s2 - s1 * (s1 / nb);                                               \\
             cbp_chan_merge(count, mean, m2, nb, (double)bh + s1 / nb,               \\
                            s2 > 0.0 ? s2 : 0.0);                                    \\
@@ -155,7 +159,7 @@ cdef int nchw_backprop_unit(const floating* x, const floating* dy, Py_ssize_t N,
     cdef floating* mh_w
     for c in range(2 * (c1 - c0)):
         out[c] = 0.0
-    if S >= SHORT_PLANE:
+    if S >= SHORT_PLANE_BACKPROP:
         for n in range(n0, n1):
             for c in range(c0, c1):
                 off = (n * C + c) * S
