@@ -28,6 +28,10 @@ cdef enum:
     SHORT_PLANE_BACKPROP = 2
     # Enough units to keep this many threads busy.
     MIN_UNITS = 64
+    # Rows (pixels of NHWC) per column unit, at least: 32x2048x7x7 NHWC has
+    # only 1568 rows; 64 units of 24 rows spent a quarter of the time on
+    # per-unit work.
+    UNIT_ROWS = 64
     # Column kernels fuse consecutive rows until a fused row has at least this
     # many elements, so a small C still gives long vectorizable inner loops.
     WIDEN = 64
@@ -73,7 +77,9 @@ cdef inline PlanePlan plane_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
 
 
 cdef inline Py_ssize_t column_units(Py_ssize_t R) noexcept nogil:
-    return max(1, min(R, MIN_UNITS))
+    # units of at least UNIT_ROWS rows: a unit's fixed cost (zeroing, flushing
+    # and combining [C, 2] partial sums) is that of a few rows
+    return max(1, min(ceil_div(R, UNIT_ROWS), MIN_UNITS))
 
 
 cdef inline Py_ssize_t column_widen(Py_ssize_t C) noexcept nogil:
