@@ -81,10 +81,13 @@ def run_case(case, shape, layout, dtype):
     f64 = dtype == np.float64
     vtol = 1e-11 if f64 else 1e-7
     xtol = 1e-10 if f64 else 1e-6  # |mean| = 1e4 * std: ulp(mean) ~ 2e-12 * std
+    # float32 terms share float32 partial sums (<= 32 terms) inside a block, and
+    # a shard boundary changes which terms share a block
+    gtol = 1e-12 if f64 else 1e-6
     d["ok"] = bool(
         d["count_equal"] and same and d["mean_over_std"] < 1e-9 and d["var_rel"] < vtol
         and d["var_rel_vs_f64"] < vtol and d["inv_std_rel"] < vtol
-        and d["dscale_rel"] < 1e-12 and d["dbias_rel"] < 1e-12
+        and d["dscale_rel"] < gtol and d["dbias_rel"] < gtol
         and d["y_rel"] < xtol and d["dx_rel"] < xtol
         and d["y_rel_vs_f64"] <= max(xtol, 2 * rel(y1, r64["y"]))
         and d["dx_rel_vs_f64"] <= max(xtol, 2 * rel(dx1, r64["dx"])))

@@ -199,13 +199,16 @@ def test_sync_equals_whole_batch(case, layout, dtype):
     assert rel(inv_std, inv1) < vtol
     assert rel(inv_std, r64["inv_std"]) <= 2 * rel(inv1, r64["inv_std"]) + 1e-11
 
-    # gradient sums are float64 sums of the same terms
+    # gradient sums: the same terms, summed in float64 across blocks; within a
+    # block float32 terms share float32 partial sums (<= 32 terms), and a shard
+    # boundary changes which terms share a block
     gs = np.sqrt(whole.count)  # magnitude of sums of unit-variance terms
-    # the backward alone, given the same mean/inv_std: the same float64 sums
+    gtol = 1e-12 if dtype == np.float64 else 1e-6
+    # the backward alone, given the same mean/inv_std
     dx2, dscale2, dbias2 = cbp.batch_norm_backward(x, dy, mean, inv_std, scale, layout=layout)
-    assert rel(dbias, dbias2, gs) < 1e-12 and rel(dscale, dscale2, gs) < 1e-12
+    assert rel(dbias, dbias2, gs) < gtol and rel(dscale, dscale2, gs) < gtol
     # the whole chain (mean differs from the single-process one by ~1e-13 * |mean|)
-    assert rel(dbias, dbias1, gs) < 1e-9 and rel(dscale, dscale1, gs) < 1e-9
+    assert rel(dbias, dbias1, gs) < max(gtol, 1e-9) and rel(dscale, dscale1, gs) < max(gtol, 1e-9)
     # against float64 NumPy: as accurate as the single-process call (float32 inputs with
     # |mean| = 1e4 * std lose a few digits in the kernels' x - mean; both calls alike)
     for got, one, key in ((dbias, dbias1, "dbias"), (dscale, dscale1, "dscale")):
