@@ -10,6 +10,7 @@ Inputs here are already validated and C-contiguous, shaped (N, C, S): S > 1
 runs the NCHW kernels, S == 1 the row ("NHWC") kernels.
 """
 from cython cimport floating
+from libc.math cimport isfinite
 
 from cbp.cython_api cimport (
     cbp_openmp_enabled, cbp_max_threads, cbp_default_cache_bytes,
@@ -31,6 +32,22 @@ cdef _check(int rc):
         raise MemoryError("cbp: could not allocate kernel scratch")
     if rc != 0:
         raise ValueError(f"cbp: kernel rejected its arguments (code {rc})")
+
+
+def vector_flags(const double[::1] v):
+    """Bit 1: a value is not finite; 2: a value is not > 0; 4: a value is not >= 0."""
+    cdef Py_ssize_t i
+    cdef double t
+    cdef int flags = 0
+    for i in range(v.shape[0]):
+        t = v[i]
+        if not isfinite(t):
+            flags |= 1
+        if not t > 0:
+            flags |= 2
+        if not t >= 0:
+            flags |= 4
+    return flags
 
 
 def openmp_enabled():

@@ -61,6 +61,17 @@ class ChannelStats:
         self.mean = mean
         self.m2 = m2
 
+    @classmethod
+    def _trusted(cls, count: int, mean: np.ndarray, m2: np.ndarray) -> "ChannelStats":
+        """From a kernel's fresh float64 vectors: no checks, no copies."""
+        self = object.__new__(cls)
+        mean.flags.writeable = False
+        m2.flags.writeable = False
+        self.count = int(count)
+        self.mean = mean
+        self.m2 = m2
+        return self
+
     @property
     def channels(self) -> int:
         return self.mean.shape[0]

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
-
 import numpy as np
 
 from . import _kernels
@@ -18,14 +16,16 @@ LAYOUTS = ("NCHW", "NHWC")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-@dataclass(frozen=True)
 class Canonical:
     """An activation-shaped array viewed as the (N, C, S) block the kernels take."""
 
-    array: np.ndarray  # the C-contiguous array, in the caller's shape
-    block: np.ndarray  # (N, C, S) view of it; S == 1 for channels-last
-    channels: int
-    count: int  # elements per channel
+    __slots__ = ("array", "block", "channels", "count")
+
+    def __init__(self, array: np.ndarray, block: np.ndarray, channels: int, count: int):
+        self.array = array  # the C-contiguous array, in the caller's shape
+        self.block = block  # (N, C, S) view of it; S == 1 for channels-last
+        self.channels = channels
+        self.count = count  # elements per channel
 
 
 def check_layout(layout) -> str:
@@ -97,12 +97,16 @@ def channel_vector(v, name: str, channels: int, *, finite=False, positive=False,
     arr = np.asarray(v)
     check_channel_kind(arr, name, channels)
     arr = np.ascontiguousarray(arr, dtype=np.float64)
-    if (finite or positive or nonnegative) and not np.isfinite(arr).all():
-        raise ValueError(f"{name} must be finite, got {_first_bad(arr, ~np.isfinite(arr))}")
-    if positive and not (arr > 0).all():
-        raise ValueError(f"{name} must be > 0, got {_first_bad(arr, ~(arr > 0))}")
-    if nonnegative and not (arr >= 0).all():
-        raise ValueError(f"{name} must be >= 0, got {_first_bad(arr, ~(arr >= 0))}")
+    if finite or positive or nonnegative:
+        # one compiled pass; the precise messages only when something is wrong
+        flags = _kernels.vector_flags(arr)
+        if flags & 1:
+            raise ValueError(f"{name} must be finite, got "
+                             f"{_first_bad(arr, ~np.isfinite(arr))}")
+        if positive and flags & 2:
+            raise ValueError(f"{name} must be > 0, got {_first_bad(arr, ~(arr > 0))}")
+        if nonnegative and flags & 4:
+            raise ValueError(f"{name} must be >= 0, got {_first_bad(arr, ~(arr >= 0))}")
     return arr
 
 
