@@ -40,7 +40,7 @@ cdef extern from *:
 
     /* sum dy and sum dy * (x - mh) over one plane of S elements */
     #define CBP_DEFINE_PLANE_BACKPROP(T, SUF)                                       \\
-    static CBP_DISPATCH void cbp_plane_backprop_##SUF(const T *x, const T *dy,            \\
+    static CBP_DISPATCH void cbp_plane_backprop_##SUF(const T *x, const T *dy,      \\
             Py_ssize_t S, T mh, double *sum_dy, double *sum_dyxc) {                 \\
         T a[CBP_LANES], b[CBP_LANES], ra = 0, rb = 0;                               \\
         Py_ssize_t s = 0, j, r, nr, rows = S / CBP_LANES;                           \\
@@ -67,60 +67,58 @@ cdef extern from *:
         *sum_dyxc += tb + rb;                                                       \\
     }
 
-    /* Corrected two-pass moments per block of CBP_MOMENT_BLOCK elements (in
-       L1 for the second pass), merged into (count, mean, m2) by Chan. The
-       second pass also prefetches the next block, so memory keeps streaming
-       while the block is re-read from L1 (measured 1.25x-1.4x faster at one
-       thread, within 1.1x of a BLAS dot product). A block's last partial row
-       goes half a row (vectorized) and then one element per lane, so each
-       float32 lane adds at most 32 terms; the lanes are combined pairwise in
-       float64. */
-    #define CBP_MOMENT_LANES 32
-    #define CBP_MOMENT_BLOCK 1024
-    #define CBP_DEFINE_PLANE_MOMENTS(T, SUF)                                        \\
+    /* Corrected two-pass moments per block of B elements (4 KiB, in L1 for
+       the second pass), merged into (count, mean, m2) by Chan. The second
+       pass also prefetches the next block, so memory keeps streaming while
+       the block is re-read from L1 (measured 1.25x-1.4x faster at one thread,
+       within 1.1x of a BLAS dot product). L lanes (32 for float32; 16 for
+       float64, where 32 would spill registers) add at most 32 terms each: a
+       block's last partial row goes half a row (vectorized), then one element
+       per lane. The lanes are combined pairwise in float64. */
+    #define CBP_DEFINE_PLANE_MOMENTS(T, SUF, L, B)                                  \\
     static CBP_DISPATCH void cbp_plane_moments_##SUF(const T *x, Py_ssize_t S,      \\
             double *count, double *mean, double *m2) {                              \\
-        T a[CBP_MOMENT_LANES], b[CBP_MOMENT_LANES], bh, d;                          \\
-        double u[CBP_MOMENT_LANES / 2], v[CBP_MOMENT_LANES / 2];                    \\
+        T a[L], b[L], bh, d;                                                        \\
+        double u[L / 2], v[L / 2];                                                  \\
         Py_ssize_t s0 = 0, s, end, j, h, nfull;                                     \\
         double nb, s1, s2;                                                          \\
         while (s0 < S) {                                                            \\
-            end = S - s0 < CBP_MOMENT_BLOCK ? S : s0 + CBP_MOMENT_BLOCK;            \\
+            end = S - s0 < B ? S : s0 + B;                                          \\
             nb = (double)(end - s0);                                                \\
-            nfull = s0 + (end - s0) / CBP_MOMENT_LANES * CBP_MOMENT_LANES;          \\
-            for (j = 0; j < CBP_MOMENT_LANES; j++) { a[j] = 0; b[j] = 0; }          \\
-            for (s = s0; s < nfull; s += CBP_MOMENT_LANES) {                        \\
-                CBP_SIMD for (j = 0; j < CBP_MOMENT_LANES; j++) a[j] += x[s + j];   \\
+            nfull = s0 + (end - s0) / L * L;                                        \\
+            for (j = 0; j < L; j++) { a[j] = 0; b[j] = 0; }                         \\
+            for (s = s0; s < nfull; s += L) {                                       \\
+                CBP_SIMD for (j = 0; j < L; j++) a[j] += x[s + j];                  \\
             }                                                                       \\
-            if (end - s >= CBP_MOMENT_LANES / 2) {                                  \\
-                CBP_SIMD for (j = 0; j < CBP_MOMENT_LANES / 2; j++) a[j] += x[s + j];\\
-                s += CBP_MOMENT_LANES / 2;                                          \\
+            if (end - s >= L / 2) {                                                 \\
+                CBP_SIMD for (j = 0; j < L / 2; j++) a[j] += x[s + j];              \\
+                s += L / 2;                                                         \\
             }                                                                       \\
-            for (j = CBP_MOMENT_LANES / 2; s < end; s++, j++) a[j] += x[s];         \\
-            CBP_LANES_TOTAL(CBP_MOMENT_LANES, a, b, u, v, s1, s2);                  \\
+            for (j = L / 2; s < end; s++, j++) a[j] += x[s];                        \\
+            CBP_LANES_TOTAL(L, a, b, u, v, s1, s2);                                 \\
             bh = (T)(s1 / nb);                                                      \\
-            for (j = 0; j < CBP_MOMENT_LANES; j++) { a[j] = 0; b[j] = 0; }          \\
-            for (s = s0; s < nfull; s += CBP_MOMENT_LANES) {                        \\
-                for (h = 0; h < CBP_MOMENT_LANES; h += 64 / (Py_ssize_t)sizeof(T))  \\
-                    CBP_PREFETCH(x + s + h + CBP_MOMENT_BLOCK);                     \\
-                CBP_SIMD for (j = 0; j < CBP_MOMENT_LANES; j++) {                   \\
+            for (j = 0; j < L; j++) { a[j] = 0; b[j] = 0; }                         \\
+            for (s = s0; s < nfull; s += L) {                                       \\
+                for (h = 0; h < L; h += 64 / (Py_ssize_t)sizeof(T))                 \\
+                    CBP_PREFETCH(x + s + h + B);                                    \\
+                CBP_SIMD for (j = 0; j < L; j++) {                                  \\
                     T dd = x[s + j] - bh;                                           \\
                     a[j] += dd;                                                     \\
                     b[j] += dd * dd;                                                \\
                 }                                                                   \\
             }                                                                       \\
-            if (end - s >= CBP_MOMENT_LANES / 2) {                                  \\
-                CBP_SIMD for (j = 0; j < CBP_MOMENT_LANES / 2; j++) {               \\
+            if (end - s >= L / 2) {                                                 \\
+                CBP_SIMD for (j = 0; j < L / 2; j++) {                              \\
                     T dd = x[s + j] - bh;                                           \\
                     a[j] += dd;                                                     \\
                     b[j] += dd * dd;                                                \\
                 }                                                                   \\
-                s += CBP_MOMENT_LANES / 2;                                          \\
+                s += L / 2;                                                         \\
             }                                                                       \\
-            for (j = CBP_MOMENT_LANES / 2; s < end; s++, j++) {                     \\
+            for (j = L / 2; s < end; s++, j++) {                                    \\
                 d = x[s] - bh; a[j] += d; b[j] += d * d;                            \\
             }                                                                       \\
-            CBP_LANES_TOTAL(CBP_MOMENT_LANES, a, b, u, v, s1, s2);                  \\
+            CBP_LANES_TOTAL(L, a, b, u, v, s1, s2);                                 \\
             s2 = s2 - s1 * (s1 / nb);                                               \\
             cbp_chan_merge(count, mean, m2, nb, (double)bh + s1 / nb,               \\
                            s2 > 0.0 ? s2 : 0.0);                                    \\
@@ -130,8 +128,8 @@ cdef extern from *:
 
     CBP_DEFINE_PLANE_BACKPROP(float, f32)
     CBP_DEFINE_PLANE_BACKPROP(double, f64)
-    CBP_DEFINE_PLANE_MOMENTS(float, f32)
-    CBP_DEFINE_PLANE_MOMENTS(double, f64)
+    CBP_DEFINE_PLANE_MOMENTS(float, f32, 32, 1024)
+    CBP_DEFINE_PLANE_MOMENTS(double, f64, 16, 512)
     """
     void cbp_plane_backprop_f32(const float* x, const float* dy, Py_ssize_t S, float mh,
                                 double* sum_dy, double* sum_dyxc) noexcept nogil
