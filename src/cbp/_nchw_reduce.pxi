@@ -6,7 +6,9 @@
 # mean_hi = mean rounded to the input type: for x near the mean that
 # subtraction is exact, and the remaining (mean - mean_hi) is applied once per
 # channel in float64. This keeps float32 data with |mean| >> std accurate.
-# Planes shorter than SHORT_PLANE run the column kernels of _nhwc_reduce.pxi.
+# The backprop sums run plane by plane for any S > 1 (SHORT_PLANE_BACKPROP);
+# the moments of planes shorter than SHORT_PLANE run the column kernels of
+# _nhwc_reduce.pxi, since a plane's two passes and merge cost too much there.
 
 
 # The innermost plane loops are C (see CBP_SIMD and CBP_DISPATCH in _plan.pxi).
