@@ -165,42 +165,19 @@ cdef int nchw_backprop_unit(const floating* x, const floating* dy, Py_ssize_t N,
                             const floating* mh, double* part) noexcept nogil:
     # part is [ng, C, 2]: (sum dy, sum dy * (x - mean_hi)) of image group g.
     cdef Py_ssize_t cb = u // p.ng, g = u % p.ng
-    cdef Py_ssize_t c0 = cb * p.cb, c1 = min(C, c0 + p.cb), W = (c1 - c0) * S
+    cdef Py_ssize_t c0 = cb * p.cb, c1 = min(C, c0 + p.cb)
     cdef Py_ssize_t n0 = g * N // p.ng, n1 = (g + 1) * N // p.ng
-    cdef Py_ssize_t n, c, s, off
+    cdef Py_ssize_t n, c, off
     cdef double* out = part + 2 * (g * C + c0)
-    cdef double* colsum
-    cdef floating* mh_w
+    # plane by plane for every S > 1 (the plan never takes columns here), each
+    # image's channel block one contiguous run
     for c in range(2 * (c1 - c0)):
         out[c] = 0.0
-    if S >= SHORT_PLANE_BACKPROP:
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                off = (n * C + c) * S
-                plane_backprop_sums(x + off, dy + off, S, mh[c],
-                                    out + 2 * (c - c0), out + 2 * (c - c0) + 1)
-        return 0
-    # Short planes: one image's planes of the block form one contiguous row.
-    colsum = <double*>malloc(2 * W * sizeof(double))
-    mh_w = <floating*>malloc(W * sizeof(floating))
-    if colsum == NULL or mh_w == NULL:
-        free(colsum)
-        free(mh_w)
-        return -1
-    for c in range(c0, c1):
-        for s in range(S):
-            mh_w[(c - c0) * S + s] = mh[c]
-    off = (n0 * C + c0) * S
-    if column_backprop(x + off, dy + off, n1 - n0, C * S, W, W, mh_w, colsum) != 0:
-        free(colsum)
-        free(mh_w)
-        return -1
-    for c in range(c1 - c0):
-        for s in range(S):
-            out[2 * c] = out[2 * c] + colsum[c * S + s]
-            out[2 * c + 1] = out[2 * c + 1] + colsum[W + c * S + s]
-    free(colsum)
-    free(mh_w)
+    for n in range(n0, n1):
+        for c in range(c0, c1):
+            off = (n * C + c) * S
+            plane_backprop_sums(x + off, dy + off, S, mh[c],
+                                out + 2 * (c - c0), out + 2 * (c - c0) + 1)
     return 0
 
 
