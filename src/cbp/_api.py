@@ -43,11 +43,8 @@ def channel_backprop_stats(x, dy, mean, inv_std, *, layout="NCHW", num_threads=N
     over every element of channel c. Returns ``(dscale, dbias)``, float64.
     """
     layout = v.check_layout(layout)
-    xc = v.activation(x, "x", layout)
-    dyc = v.activation(dy, "dy", layout, like=xc)
+    xc, dyc, mean, inv_std = v.gradient_inputs(x, dy, mean, inv_std, layout)
     C = xc.channels
-    mean = v.channel_vector(mean, "mean", C, finite=True)
-    inv_std = v.channel_vector(inv_std, "inv_std", C, positive=True)
     nt = v.resolve_threads(num_threads)
     if xc.count == 0 or C == 0:
         return np.zeros(C), np.zeros(C)
@@ -65,11 +62,8 @@ def batch_norm_dx(x, dy, mean, inv_std, scale, dscale, dbias, count, *, layout="
     its exact share of the gradient. Returns ``dx`` with x's dtype and shape.
     """
     layout = v.check_layout(layout)
-    xc = v.activation(x, "x", layout)
-    dyc = v.activation(dy, "dy", layout, like=xc)
+    xc, dyc, mean, inv_std = v.gradient_inputs(x, dy, mean, inv_std, layout)
     C = xc.channels
-    mean = v.channel_vector(mean, "mean", C, finite=True)
-    inv_std = v.channel_vector(inv_std, "inv_std", C, positive=True)
     scale = v.channel_vector(scale, "scale", C)
     dscale = v.channel_vector(dscale, "dscale", C)
     dbias = v.channel_vector(dbias, "dbias", C)
@@ -91,11 +85,8 @@ def batch_norm_backward(x, dy, mean, inv_std, scale, *, layout="NCHW", out=None,
     dscale and dbias are float64. An empty batch gives zero gradients.
     """
     layout = v.check_layout(layout)
-    xc = v.activation(x, "x", layout)
-    dyc = v.activation(dy, "dy", layout, like=xc)
+    xc, dyc, mean, inv_std = v.gradient_inputs(x, dy, mean, inv_std, layout)
     C = xc.channels
-    mean = v.channel_vector(mean, "mean", C, finite=True)
-    inv_std = v.channel_vector(inv_std, "inv_std", C, positive=True)
     scale = v.channel_vector(scale, "scale", C)
     nt = v.resolve_threads(num_threads)
     res = v.output(out, xc, (xc.array, dyc.array))

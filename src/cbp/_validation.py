@@ -81,6 +81,16 @@ def activation(x, name: str, layout: str, like: Canonical | None = None) -> Cano
     return Canonical(arr, arr.reshape(n, c, s), c, n * s)
 
 
+def gradient_inputs(x, dy, mean, inv_std, layout: str):
+    """Checked (x, dy, mean, inv_std) of a gradient call: x and dy as blocks of
+    the same shape and dtype, mean finite and inv_std > 0 as float64 vectors."""
+    xc = activation(x, "x", layout)
+    dyc = activation(dy, "dy", layout, like=xc)
+    C = xc.channels
+    return (xc, dyc, channel_vector(mean, "mean", C, finite=True),
+            channel_vector(inv_std, "inv_std", C, positive=True))
+
+
 def check_channel_kind(arr, name: str, channels: int) -> None:
     """dtype and shape rules of a per-channel vector (NumPy or dask)."""
     if not np.issubdtype(arr.dtype, np.floating):

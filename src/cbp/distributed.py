@@ -145,11 +145,8 @@ def sync_batch_norm_backward(x, dy, mean, inv_std, scale, *, allreduce, layout="
     """
     _check_allreduce(allreduce)
     layout = v.check_layout(layout)
-    xc = v.activation(x, "x", layout)
-    dyc = v.activation(dy, "dy", layout, like=xc)
+    xc, dyc, mean, inv_std = v.gradient_inputs(x, dy, mean, inv_std, layout)
     C = xc.channels
-    mean = v.channel_vector(mean, "mean", C, finite=True)
-    inv_std = v.channel_vector(inv_std, "inv_std", C, positive=True)
     scale = v.channel_vector(scale, "scale", C)
     nt = v.resolve_threads(num_threads)
     v.output(out, xc, (xc.array, dyc.array))  # check before any collective
