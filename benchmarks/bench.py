@@ -22,9 +22,10 @@ Each timing is a warm-up call followed by up to ``--repeat`` calls; best and
 median are recorded, ratios use the best times. The floor, cbp and PyTorch are
 each timed in two passes (floor, every operation, every operation again,
 floor), so all three get the same number of samples from the same stretch of
-time; NumPy (a reference, 4x-10x slower) is timed once. The peak extra memory of each
-cbp call (above inputs and preallocated outputs) comes from VmHWM/VmRSS after
-resetting the high-water mark through /proc/self/clear_refs (Linux only).
+time; NumPy (a reference, 4x-10x slower) is timed once. The peak extra memory
+of each cbp call (above inputs and preallocated outputs) comes from
+VmHWM/VmRSS after resetting the high-water mark through /proc/self/clear_refs
+(Linux only).
 
 Results go to a JSON file and a PNG chart (if matplotlib is installed) and a
 table is printed (``--markdown`` for a README-ready table). No result is ever
@@ -517,7 +518,6 @@ def run_group(shape, layout, dtype, threads_list, ops, args, torch, log):
             t_torch = None
             if torch_calls.get(op) is not None:
                 t_torch = measure(torch_calls[op], args.repeat, args.budget, args.min_time)[0]
-            moved = OP_BYTES[op] * x.nbytes
             row = {
                 "op": op,
                 "shape": list(shape),
@@ -528,52 +528,44 @@ def run_group(shape, layout, dtype, threads_list, ops, args, torch, log):
                 "dtype": np.dtype(dtype).name,
                 "threads": threads,
                 "x_nbytes": x.nbytes,
-                "bytes_moved": moved,
-                "cbp": t_cbp.ms(),
-                "cbp_ms": t_cbp.best * 1e3,
-                "cbp_gbps": moved / t_cbp.best / 1e9,
-                "numpy": t_np.ms(),
-                "numpy_ms": t_np.best * 1e3,
-                "torch": t_torch.ms() if t_torch else None,
-                "torch_ms": t_torch.best * 1e3 if t_torch else None,
+                "bytes_moved": OP_BYTES[op] * x.nbytes,
                 "torch_memory_format": torch_fmt if t_torch else None,
-                "torch_cbp": _ratio(t_torch.best if t_torch else None, t_cbp.best),
-                "numpy_cbp": t_np.best / t_cbp.best,
                 "peak_extra_mb": peak,
                 "max_rel_diff_vs_numpy": check,
             }
-            rows_here.append((row, t_cbp, t_torch))
+            rows_here.append((row, t_cbp, t_np, t_torch))
         # A second pass of cbp and PyTorch, so that each gets as many samples,
         # as close in time, as the floor (two passes) and drift on a shared
         # machine does not favour one of them.
-        for i, (row, t_cbp, t_torch) in enumerate(rows_here):
+        for i, (row, t_cbp, t_np, t_torch) in enumerate(rows_here):
             op = row["op"]
             t_cbp = Timing(t_cbp.times + measure(cbp_calls[op], args.repeat, args.budget,
                                                  args.min_time)[0].times)
             if t_torch is not None:
                 t_torch = Timing(t_torch.times + measure(torch_calls[op], args.repeat,
                                                          args.budget, args.min_time)[0].times)
-            moved = row["bytes_moved"]
-            row.update({
-                "cbp": t_cbp.ms(),
-                "cbp_ms": t_cbp.best * 1e3,
-                "cbp_gbps": moved / t_cbp.best / 1e9,
-                "numpy_cbp": row["numpy_ms"] / 1e3 / t_cbp.best,
-                "torch": t_torch.ms() if t_torch else None,
-                "torch_ms": t_torch.best * 1e3 if t_torch else None,
-                "torch_cbp": _ratio(t_torch.best if t_torch else None, t_cbp.best),
-            })
-            rows_here[i] = (row, t_cbp, t_torch)
+            rows_here[i] = (row, t_cbp, t_np, t_torch)
         comp_after = floor_pass()
         floor.close()
         comp = {c: Timing(comp_before[c].times + comp_after[c].times) for c in needed}
-        for row, t_cbp, _ in rows_here:
+        for row, t_cbp, t_np, t_torch in rows_here:
             parts = OP_FLOOR[row["op"]]
             floor_s = sum(comp[c].best for c in parts)
-            row["floor_ms"] = floor_s * 1e3
-            row["floor_gbps"] = row["bytes_moved"] / floor_s / 1e9
-            row["floor_components"] = {c: comp[c].ms() for c in parts}
-            row["cbp_floor"] = t_cbp.best / floor_s
+            row.update({
+                "cbp": t_cbp.ms(),
+                "cbp_ms": t_cbp.best * 1e3,
+                "cbp_gbps": row["bytes_moved"] / t_cbp.best / 1e9,
+                "numpy": t_np.ms(),
+                "numpy_ms": t_np.best * 1e3,
+                "torch": t_torch.ms() if t_torch else None,
+                "torch_ms": t_torch.best * 1e3 if t_torch else None,
+                "torch_cbp": _ratio(t_torch.best if t_torch else None, t_cbp.best),
+                "numpy_cbp": t_np.best / t_cbp.best,
+                "floor_ms": floor_s * 1e3,
+                "floor_gbps": row["bytes_moved"] / floor_s / 1e9,
+                "floor_components": {c: comp[c].ms() for c in parts},
+                "cbp_floor": t_cbp.best / floor_s,
+            })
             rows.append(row)
             log(format_row(row))
     del d, x, dy, out_cbp, out_np, out_floor
