@@ -55,6 +55,10 @@ class ChannelStats:
             raise ValueError("m2 must be >= 0")
         if count == 0 and (mean.any() or m2.any()):
             raise ValueError("empty statistics (count 0) must have mean 0 and m2 0")
+        self._store(count, mean, m2)
+
+    def _store(self, count, mean, m2):
+        # mean and m2 are owned float64 vectors; frozen so results stay immutable
         mean.flags.writeable = False
         m2.flags.writeable = False
         self.count = int(count)
@@ -65,11 +69,7 @@ class ChannelStats:
     def _trusted(cls, count: int, mean: np.ndarray, m2: np.ndarray) -> "ChannelStats":
         """From a kernel's fresh float64 vectors: no checks, no copies."""
         self = object.__new__(cls)
-        mean.flags.writeable = False
-        m2.flags.writeable = False
-        self.count = int(count)
-        self.mean = mean
-        self.m2 = m2
+        self._store(count, mean, m2)
         return self
 
     @property
