@@ -110,16 +110,14 @@ cdef inline void run_sweep(const floating* x, const floating* dy, floating* out,
 
 cdef inline void rows_sweep(const floating* x, const floating* dy, floating* out,
                             Py_ssize_t nrows, Py_ssize_t st, Py_ssize_t W, Py_ssize_t last_w,
-                            const floating* coef_w) noexcept nogil:
-    # nrows rows st apart, each W wide but the last (last_w); coef_w is [4, W]
+                            bint four, const floating* coef_w) noexcept nogil:
+    # nrows rows st apart, each W wide but the last (last_w); coef_w is [4, W];
+    # four rows per coefficient load where `four`, else one
     cdef Py_ssize_t i = 0, full = nrows if last_w == W else nrows - 1
     cdef int rows
     cdef const floating* g
     while i < nrows:
-        # four rows per coefficient load where rows are apart or the
-        # coefficients outgrow L1 (W >= 2048); shorter contiguous NHWC rows
-        # measured faster one at a time
-        rows = 4 if ((st != W or W >= 2048) and i + 4 <= full) else 1
+        rows = 4 if (four and i + 4 <= full) else 1
         g = NULL if dy == NULL else dy + i * st
         if floating is float:
             cbp_rows_sweep_f32(x + i * st, g, out + i * st, rows, st,
@@ -174,8 +172,12 @@ cdef void nhwc_sweep(const floating* x, const floating* dy, floating* out, Py_ss
     fused rows; coef_w is [4, k * C]."""
     cdef Py_ssize_t k = column_widen(C), W = k * C, nsr = ceil_div(R, k)
     cdef Py_ssize_t i, r0, nr
+    # Four rows per coefficient load where the coefficients outgrow L1
+    # (W >= 2048) or the array stays in cache; shorter rows streamed from
+    # memory measured faster one at a time.
+    cdef bint four = W >= 2048 or R * C * sizeof(floating) <= QUARTER_BYTES
     for i in prange(ceil_div(nsr, 4), schedule='static', num_threads=nthreads):
         r0 = 4 * i * k
         nr = min(4 * k, R - r0)
         rows_sweep(x + r0 * C, NULL if dy == NULL else dy + r0 * C, out + r0 * C,
-                   ceil_div(nr, k), W, W, (nr - (ceil_div(nr, k) - 1) * k) * C, coef_w)
+                   ceil_div(nr, k), W, W, (nr - (ceil_div(nr, k) - 1) * k) * C, four, coef_w)
