@@ -298,6 +298,27 @@ def test_half_precision_per_channel_vectors(layout, dtype):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_medium_shapes_all_functions(shape, layout, dtype):
+    _check_all_functions(shape, layout, dtype)
+
+
+# The column kernels pick their row order by row width and array size (see
+# QUARTER_W, QUARTER_BYTES and SWEEP_QUARTER_BYTES in _plan.pxi and
+# _sweeps.pxi); the small shapes above take the in-cache order.
+SIZE_PATH_CASES = [
+    ((9, 2050), np.float64),          # rows >= 2048: four quarters, plus leftover rows
+    ((1100, 1024), np.float32),       # > 4 MiB of rows < 2048: one row at a time
+    ((16, 3, 150, 150), np.float32),  # NHWC > 4 MiB of widened rows (22 pixels of 3)
+    ((4225, 2048), np.float32),       # > 32 MiB of long rows: quartered sweeps too
+]
+
+
+@pytest.mark.parametrize("shape,dtype", SIZE_PATH_CASES,
+                         ids=lambda v: shape_id(v) if isinstance(v, tuple) else None)
+def test_size_dependent_paths_all_functions(shape, dtype):
+    _check_all_functions(shape, "NHWC", dtype)
+
+
+def _check_all_functions(shape, layout, dtype):
     d = make_inputs(shape, layout, dtype, seed=40)
     x, dy, C, M = d["x"], d["dy"], d["C"], d["M"]
     mean, inv_std, scale, bias, var = (d[k] for k in ("mean", "inv_std", "scale", "bias",
