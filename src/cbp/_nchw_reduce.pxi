@@ -204,7 +204,7 @@ cdef int nchw_moments_unit(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssi
     cs = <double*>malloc(2 * W * sizeof(double))
     if cs == NULL:
         return -1
-    if column_moments(x + (n0 * C + c0) * S, n1 - n0, C * S, W, W, cs) != 0:
+    if column_moments(x + (n0 * C + c0) * S, n1 - n0, C * S, W, W, False, cs) != 0:
         free(cs)
         return -1
     for s in range(S):
