@@ -36,10 +36,11 @@ cdef enum:
     # many elements, so a small C still gives long vectorizable inner loops.
     WIDEN = 64
     # Column backprop adds four rows per step (from the four quarters of a
-    # unit) on rows of at least QUARTER_W elements, and on arrays of at most
-    # QUARTER_BYTES, which stay in cache. On longer-than-cache arrays of
-    # shorter rows, eight concurrent streams measured 1.06x-1.15x slower than
-    # two.
+    # unit), and NHWC sweeps load their coefficients once per four rows, on
+    # rows of at least QUARTER_W elements and on arrays of at most
+    # QUARTER_BYTES, which stay in cache (column_quarters). On longer-than-cache
+    # arrays of shorter rows, eight concurrent streams measured 1.06x-1.15x
+    # slower than two.
     QUARTER_W = 2048
     QUARTER_BYTES = 4194304
 

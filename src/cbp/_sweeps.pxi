@@ -178,7 +178,7 @@ cdef void nhwc_sweep(const floating* x, const floating* dy, floating* out, Py_ss
     # Four rows per coefficient load where the coefficients outgrow L1
     # (W >= 2048) or the array stays in cache; shorter rows streamed from
     # memory measured faster one at a time.
-    cdef bint four = W >= 2048 or R * C * sizeof(floating) <= QUARTER_BYTES
+    cdef bint four = column_quarters(R, C, sizeof(floating))
     if W >= QUARTER_W and R * C * sizeof(floating) > SWEEP_QUARTER_BYTES:
         # Long rows from memory: the four rows of a step come from the four
         # quarters of a unit, as in column_backprop (k == 1 here). Measured
