@@ -318,6 +318,46 @@ def test_size_dependent_paths_all_functions(shape, dtype):
     _check_all_functions(shape, "NHWC", dtype)
 
 
+# Outputs of 16 MiB or more are written with streaming stores in whole aligned
+# 64-byte lines, the rest of each plane or row with plain stores.
+STREAM_CASES = [
+    ((4, 17, 250, 251), np.float32, "NCHW"),  # planes that start mid-line
+    ((8, 64, 64, 64), np.float64, "NCHW"),    # planes of whole lines
+    ((260, 257, 8, 8), np.float32, "NHWC"),   # rows of 1028 bytes, one at a time
+    ((2100, 2050), np.float32, "NCHW"),       # four rows of 8200 bytes per step
+]
+
+
+@pytest.mark.parametrize("shape,dtype,layout", STREAM_CASES,
+                         ids=lambda v: shape_id(v) if isinstance(v, tuple) else None)
+def test_streaming_store_paths_all_functions(shape, dtype, layout):
+    _check_all_functions(shape, layout, dtype)
+
+
+@pytest.mark.parametrize("shape,dtype,layout", STREAM_CASES,
+                         ids=lambda v: shape_id(v) if isinstance(v, tuple) else None)
+def test_streaming_store_paths_misaligned_out(shape, dtype, layout):
+    # out one element past a 64-byte boundary: every row or plane starts mid-line
+    d = make_inputs(shape, layout, dtype, seed=41)
+    x, dy, C, M = d["x"], d["dy"], d["C"], d["M"]
+    mean, inv_std, scale, bias = (d[k] for k in ("mean", "inv_std", "scale", "bias"))
+    buf = np.empty(x.size + 16, dtype=dtype)
+    first = (-(buf.ctypes.data // buf.itemsize) % (64 // buf.itemsize)) + 1
+    out = buf[first:first + x.size].reshape(x.shape)
+    assert out.ctypes.data % 64 == buf.itemsize
+    res = cbp.batch_norm_backward(x, dy, mean, inv_std, scale, layout=layout, out=out)
+    assert res[0] is out
+    _check_backward(res, x, dy, mean, inv_std, scale, layout, dtype)
+    r_ds, r_db = ref.channel_backprop_stats(x, dy, mean, inv_std, layout)
+    out[...] = 0
+    cbp.batch_norm_dx(x, dy, mean, inv_std, scale, r_ds, r_db, M, layout=layout, out=out)
+    assert_close(out, ref.batch_norm_dx(x, dy, mean, inv_std, scale, r_ds, r_db, M, layout),
+                 dtype, scale=_dx_scale(x, dy, mean, inv_std, scale, r_ds, r_db, M, layout))
+    out[...] = 0
+    res = cbp.batch_norm_forward(x, scale, bias, layout=layout, out=out)
+    _check_forward(res, x, scale, bias, 1e-5, layout, dtype)
+
+
 def _check_all_functions(shape, layout, dtype):
     d = make_inputs(shape, layout, dtype, seed=40)
     x, dy, C, M = d["x"], d["dy"], d["C"], d["M"]
