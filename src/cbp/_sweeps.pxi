@@ -187,7 +187,7 @@ cdef extern from *:
                                  m - j, mh + j, a + j, b + j, k + j);               \
     }                                                                               \
     /* cbp_run_sweep with streaming stores for the aligned whole lines of each  \
-       plane; the plane's first and last partial lines take plain stores. */    \
+       plane; its first and last partial lines go through cbp_run_sweep. */     \
     static CBP_DISPATCH void cbp_run_sweep_nt_##SUF(const T *x, const T *dy,        \
             T *out, Py_ssize_t nc, Py_ssize_t S, const T *mh, const T *a,           \
             const T *b, const T *k) {                                               \
@@ -205,22 +205,18 @@ cdef extern from *:
             p = CBP_TO_LINE(op, T);                                                 \
             if (p > S) p = S;                                                       \
             e = p + (S - p) / V * V;                                                \
-            if (gp) {                                                               \
-                for (s = 0; s < p; s++) op[s] = ac * gp[s] + bc * (xp[s] - m) + kc; \
-                for (s = p; s < e; s += V) {                                        \
+            cbp_run_sweep_##SUF(xp, gp, op, 1, p, mh + c, a + c, b + c, k + c);     \
+            for (s = p; s < e; s += V) {                                            \
+                if (gp) {                                                           \
                     CBP_SIMD for (l = 0; l < V; l++)                                \
                         t[l] = ac * gp[s + l] + bc * (xp[s + l] - m) + kc;          \
-                    cbp_stream_line(op + s, t);                                     \
-                }                                                                   \
-                for (s = e; s < S; s++) op[s] = ac * gp[s] + bc * (xp[s] - m) + kc; \
-            } else {                                                                \
-                for (s = 0; s < p; s++) op[s] = ac * (xp[s] - m) + kc;              \
-                for (s = p; s < e; s += V) {                                        \
+                } else {                                                            \
                     CBP_SIMD for (l = 0; l < V; l++) t[l] = ac * (xp[s + l] - m) + kc; \
-                    cbp_stream_line(op + s, t);                                     \
                 }                                                                   \
-                for (s = e; s < S; s++) op[s] = ac * (xp[s] - m) + kc;              \
+                cbp_stream_line(op + s, t);                                         \
             }                                                                       \
+            cbp_run_sweep_##SUF(xp + e, gp ? gp + e : NULL, op + e, 1, S - e,       \
+                                mh + c, a + c, b + c, k + c);                       \
         }                                                                           \
     }
 
@@ -302,30 +298,26 @@ cdef inline void rows_sweep(const floating* x, const floating* dy, floating* out
     # nrows rows st apart, each W wide but the last (last_w); coef_w is [4, W];
     # four rows per coefficient load where `four`, else one; streaming stores
     # where `nt`
-    cdef Py_ssize_t i = 0, full = nrows if last_w == W else nrows - 1
+    cdef Py_ssize_t i = 0, m, full = nrows if last_w == W else nrows - 1
     cdef int rows
     cdef const floating* g
+    cdef const floating* a = coef_w + W
+    cdef const floating* b = coef_w + 2 * W
+    cdef const floating* k = coef_w + 3 * W
     while i < nrows:
         rows = 4 if (four and i + 4 <= full) else 1
         g = NULL if dy == NULL else dy + i * st
+        m = W if i < full else last_w
         if floating is float:
             if nt:
-                cbp_rows_sweep_nt_f32(x + i * st, g, out + i * st, rows, st,
-                                      W if i < full else last_w, coef_w, coef_w + W,
-                                      coef_w + 2 * W, coef_w + 3 * W)
+                cbp_rows_sweep_nt_f32(x + i * st, g, out + i * st, rows, st, m, coef_w, a, b, k)
             else:
-                cbp_rows_sweep_f32(x + i * st, g, out + i * st, rows, st,
-                                   W if i < full else last_w, coef_w, coef_w + W,
-                                   coef_w + 2 * W, coef_w + 3 * W)
+                cbp_rows_sweep_f32(x + i * st, g, out + i * st, rows, st, m, coef_w, a, b, k)
         else:
             if nt:
-                cbp_rows_sweep_nt_f64(x + i * st, g, out + i * st, rows, st,
-                                      W if i < full else last_w, coef_w, coef_w + W,
-                                      coef_w + 2 * W, coef_w + 3 * W)
+                cbp_rows_sweep_nt_f64(x + i * st, g, out + i * st, rows, st, m, coef_w, a, b, k)
             else:
-                cbp_rows_sweep_f64(x + i * st, g, out + i * st, rows, st,
-                                   W if i < full else last_w, coef_w, coef_w + W,
-                                   coef_w + 2 * W, coef_w + 3 * W)
+                cbp_rows_sweep_f64(x + i * st, g, out + i * st, rows, st, m, coef_w, a, b, k)
         i = i + rows
 
 
@@ -376,7 +368,7 @@ cdef void nhwc_sweep(const floating* x, const floating* dy, floating* out, Py_ss
     Rows are fused k at a time (column_widen) and swept in groups of four
     fused rows; coef_w is [4, k * C]."""
     cdef Py_ssize_t k = column_widen(C), W = k * C, nsr = ceil_div(R, k)
-    cdef Py_ssize_t i, r0, r1, nr, nu, q, j
+    cdef Py_ssize_t i, r0, r1, nr, nu, ng, q, j
     # Four rows per coefficient load where the coefficients outgrow L1
     # (W >= 2048) or the array stays in cache; shorter rows streamed from
     # memory measured faster one at a time.
@@ -401,25 +393,15 @@ cdef void nhwc_sweep(const floating* x, const floating* dy, floating* out, Py_ss
             if nt:
                 store_fence()
         return
-    if nt:
-        # Streaming stores: units of whole groups of four fused rows, one
-        # store fence per unit.
-        nu = column_units(ceil_div(nsr, 4))
-        for i in prange(nu, schedule='static', num_threads=nthreads):
-            r0 = 4 * k * (i * ceil_div(nsr, 4) // nu)
-            r1 = min(R, 4 * k * ((i + 1) * ceil_div(nsr, 4) // nu))
-            j = r0
-            while j < r1:
-                nr = min(4 * k, R - j)
-                rows_sweep(x + j * C, NULL if dy == NULL else dy + j * C, out + j * C,
-                           ceil_div(nr, k), W, W, (nr - (ceil_div(nr, k) - 1) * k) * C, four,
-                           coef_w, True)
-                j = j + 4 * k
+    # Units of whole groups of four fused rows (one store fence per unit with
+    # streaming stores); only the last fused row of the last unit can be short.
+    ng = ceil_div(nsr, 4)
+    nu = max(1, min(ng, MIN_UNITS))
+    for i in prange(nu, schedule='static', num_threads=nthreads):
+        r0 = 4 * k * (i * ng // nu)
+        r1 = min(R, 4 * k * ((i + 1) * ng // nu))
+        nr = ceil_div(r1 - r0, k)
+        rows_sweep(x + r0 * C, NULL if dy == NULL else dy + r0 * C, out + r0 * C, nr, W, W,
+                   (r1 - r0 - (nr - 1) * k) * C, four, coef_w, nt)
+        if nt:
             store_fence()
-        return
-    for i in prange(ceil_div(nsr, 4), schedule='static', num_threads=nthreads):
-        r0 = 4 * i * k
-        nr = min(4 * k, R - r0)
-        rows_sweep(x + r0 * C, NULL if dy == NULL else dy + r0 * C, out + r0 * C,
-                   ceil_div(nr, k), W, W, (nr - (ceil_div(nr, k) - 1) * k) * C, four, coef_w,
-                   False)
