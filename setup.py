@@ -16,9 +16,13 @@ from setuptools.command.build_ext import build_ext
 
 def _openmp_flags():
     if os.environ.get("CBP_OPENMP", "1") == "0":
-        return [], []
+        # Serial, but the kernels' `omp simd` loops still vectorize.
+        if sys.platform == "win32":
+            return [], []
+        return ["-fopenmp-simd", "-DCBP_OPENMP_SIMD=1"], []
     if sys.platform == "win32":
-        return ["/openmp"], []
+        # experimental: OpenMP 2.0 plus `omp simd`
+        return ["/openmp:experimental"], []
     if sys.platform == "darwin":
         # Apple clang: OpenMP through the preprocessor and an external libomp
         # (delocate vendors it into the wheel).
@@ -28,11 +32,12 @@ def _openmp_flags():
 
 def _opt_flags():
     if sys.platform == "win32":
-        return ["/O2"]
+        # C11 for _Generic (csrc/cbp_kernels.h)
+        return ["/O2", "/std:c11"]
     # Portable: no host-specific -march and no fast-math; kernels vectorize by
     # independent accumulators, which needs no reassociation. No FMA
-    # contraction either, so the AVX2 clones of the inner loops (runtime
-    # dispatch) round exactly like the baseline ones.
+    # contraction either, so the AVX2 and AVX-512 tables of the kernels
+    # (runtime dispatch, csrc/dispatch.c) round exactly like the baseline one.
     return ["-O3", "-ffp-contract=off"]
 
 
@@ -40,7 +45,13 @@ omp_compile, omp_link = _openmp_flags()
 compile_args = _opt_flags() + omp_compile
 build_info = " ".join(compile_args)
 
+CSRC = "src/cbp/csrc"
+# The C kernels: one table file per (element type, instruction set), the
+# dispatcher, the drivers' helpers and the runtime facts.
+KERNEL_SOURCES = sorted(os.path.join(CSRC, f) for f in os.listdir(CSRC) if f.endswith(".c"))
+
 _ext_args = dict(
+    include_dirs=[CSRC],
     # dladdr (the OpenMP runtime's path for show_config) is in libdl before glibc 2.34.
     libraries=["dl"] if sys.platform.startswith("linux") else [],
     extra_compile_args=compile_args,
@@ -50,7 +61,7 @@ _ext_args = dict(
 )
 extensions = [
     # The kernels and the public C API (cython_api.pxd), compiled once.
-    Extension("cbp.cython_api", ["src/cbp/cython_api.pyx"], **_ext_args),
+    Extension("cbp.cython_api", ["src/cbp/cython_api.pyx"] + KERNEL_SOURCES, **_ext_args),
     # The Python entry points, calling the kernels through that C API.
     Extension("cbp._kernels", ["src/cbp/_kernels.pyx"], **_ext_args),
 ]

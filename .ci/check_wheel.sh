@@ -50,12 +50,17 @@ tar tzf "$SDIST" > "$WORK/sdist.txt"
 base="$(basename "$SDIST" .tar.gz)"
 for f in pyproject.toml setup.py MANIFEST.in README.md \
          src/cbp/_kernels.pyx src/cbp/cython_api.pyx src/cbp/cython_api.pxd \
-         src/cbp/_openmp.pxd src/cbp/_plan.pxi src/cbp/_nchw_reduce.pxi \
+         src/cbp/_csrc.pxd src/cbp/_plan.pxi src/cbp/_nchw_reduce.pxi \
          src/cbp/_nhwc_reduce.pxi src/cbp/_sweeps.pxi src/cbp/_drivers.pxi \
-         src/cbp/py.typed src/cbp/_api.pyi tests/conftest.py; do
+         src/cbp/py.typed src/cbp/_api.pyi tests/conftest.py tests/golden_hashes.json \
+         src/cbp/csrc/cbp_kernels.h src/cbp/csrc/cbp_tuning.h src/cbp/csrc/dispatch.c \
+         src/cbp/csrc/table_f32_base.c src/cbp/csrc/sweep.h; do
     grep -qx "$base/$f" "$WORK/sdist.txt" || { echo "sdist lacks $f"; exit 1; }
 done
-if grep -E '\.(c|so|pyd)$' "$WORK/sdist.txt"; then echo "sdist ships build products"; exit 1; fi
+# The C kernels (src/cbp/csrc/) are sources; Cython's generated C is not.
+if grep -v "^$base/src/cbp/csrc/" "$WORK/sdist.txt" | grep -E '\.(c|so|pyd|o)$'; then
+    echo "sdist ships build products"; exit 1
+fi
 echo "sdist ok: $(wc -l < "$WORK/sdist.txt") entries"
 
 step "auditwheel repair"
@@ -71,7 +76,7 @@ missing = [n for n in need if n not in names]
 assert not missing, missing
 gomp = [n for n in names if n.startswith("cbp.libs/libgomp")]
 assert gomp, "libgomp not vendored"
-assert not [n for n in names if n.endswith((".c", ".pyx", ".pxi"))], "sources in the wheel"
+assert not [n for n in names if n.endswith((".c", ".h", ".pyx", ".pxi"))], "sources in the wheel"
 print("wheel contents ok; vendored:", ", ".join(gomp))
 PY
 ls -l "$REPAIRED"

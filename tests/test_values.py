@@ -323,6 +323,7 @@ def test_size_dependent_paths_all_functions(shape, dtype):
 STREAM_CASES = [
     ((4, 17, 250, 251), np.float32, "NCHW"),  # planes that start mid-line
     ((8, 64, 64, 64), np.float64, "NCHW"),    # planes of whole lines
+    ((64, 460, 12, 12), np.float32, "NCHW"),  # short planes of 576 bytes, runs of planes
     ((260, 257, 8, 8), np.float32, "NHWC"),   # rows of 1028 bytes, one at a time
     ((2100, 2050), np.float32, "NCHW"),       # four rows of 8200 bytes per step
 ]
@@ -332,6 +333,17 @@ STREAM_CASES = [
                          ids=lambda v: shape_id(v) if isinstance(v, tuple) else None)
 def test_streaming_store_paths_all_functions(shape, dtype, layout):
     _check_all_functions(shape, layout, dtype)
+
+
+@pytest.mark.parametrize("shape", MEDIUM_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_small_cache_blocks(shape, dtype):
+    # the fused NCHW passes cut into many cache blocks (tests/test_paths.py)
+    old = cbp._kernels.cache_block_bytes(4096)
+    try:
+        _check_all_functions(shape, "NCHW", dtype)
+    finally:
+        cbp._kernels.cache_block_bytes(old)
 
 
 @pytest.mark.parametrize("shape,dtype,layout", STREAM_CASES,

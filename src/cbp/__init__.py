@@ -12,7 +12,7 @@ from ._api import (
     channel_backprop_stats,
     channel_stats,
 )
-from ._config import get_include, show_config
+from ._config import get_include, plan_info, show_config
 from ._stats import ChannelStats
 from ._version import __version__
 from .distributed import sync_batch_norm_backward, sync_batch_norm_forward, sync_channel_stats
@@ -27,6 +27,7 @@ __all__ = [
     "channel_backprop_stats",
     "channel_stats",
     "get_include",
+    "plan_info",
     "show_config",
     "sync_batch_norm_backward",
     "sync_batch_norm_forward",

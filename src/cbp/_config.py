@@ -5,8 +5,19 @@ import os
 import platform
 import sys
 
+import math
+
+import numpy as np
+
 from . import _kernels, cython_api
+from . import _validation as v
 from ._version import __version__
+
+OPERATIONS = (
+    "channel_stats", "channel_backprop_stats", "batch_norm_dx", "batch_norm_backward",
+    "batch_norm_forward", "batch_norm_inference",
+    "sync_channel_stats", "sync_batch_norm_forward", "sync_batch_norm_backward",
+)
 
 
 def get_include() -> str:
@@ -60,12 +71,69 @@ def show_config(*, print_out: bool = True) -> dict:
         "platform": platform.platform(),
         "openmp": _kernels.openmp_enabled(),
         "default_num_threads": _kernels.max_threads(),
-        "compiler": _kernels.compiler(),
-        "compile_args": _kernels.compile_args(),
+        "isa": cython_api.isa(),
+        "isa_available": cython_api.isa_available(),
+        "compiler": cython_api.compiler(),
+        "compile_args": cython_api.compile_args(),
         "openmp_runtime": openmp_runtime(),
     }
     if print_out:
         width = max(map(len, info))
         for key, value in info.items():
             print(f"{key:<{width}} : {value}")
+    return info
+
+
+def plan_info(shape, *, dtype="float32", layout="NCHW", op="batch_norm_backward",
+              num_threads=None) -> dict:
+    """How cbp would run ``op`` on an array of this shape, dtype and layout.
+
+    Computed by the same plan functions the kernels use; nothing is run. Keys:
+
+    - ``kernel``: the path, e.g. ``"nchw_plane_cache_blocked"`` (the reduction's
+      path, or the sweep's for ``batch_norm_dx`` and ``batch_norm_inference``);
+      ``reduction`` and ``sweep`` name both parts (None where absent).
+    - ``units``, ``unit_elements``: the work units, fixed by the shape (never by
+      the thread count), and the x elements each reads.
+    - ``threads``: the team the call would use; ``thread_elements``: per thread,
+      the x elements it reads in the reductions (in the sweep where there is no
+      reduction) under OpenMP's static schedule. mean / max of it is the balance.
+    - ``cache_block_bytes``: the fused NCHW passes' block size (the kernel name
+      ends in ``_cache_blocked`` where a call re-reads blocks from cache);
+      ``blocks``: how many parallel loops the reduction runs, one after another; ``isa``: the active instruction set;
+      ``streaming_stores``: whether the sweep writes with non-temporal stores;
+      ``widen``: rows fused per row-kernel row (channels-last and 2-D data);
+      ``image_groups``: NCHW reductions' groups of images per channel block.
+    - ``block``: the (N, C, S) block the kernels see.
+    """
+    layout = v.check_layout(layout)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    if op not in OPERATIONS:
+        raise ValueError(f"op must be one of {', '.join(OPERATIONS)}; got {op!r}")
+    try:
+        shp = tuple(int(d) for d in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from None
+    if not 2 <= len(shp) <= 5 or min(shp) < 0:
+        raise ValueError(f"shape must have 2 to 5 non-negative dimensions, got {shp}")
+    if layout == "NCHW":
+        N, C, S = shp[0], shp[1], math.prod(shp[2:])
+    else:
+        N, C, S = math.prod(shp[:-1]), shp[-1], 1
+    nt = v.resolve_threads(num_threads)
+    if C == 0 or N * S == 0:
+        threads = 1 if cython_api.in_forked_child() else nt
+        info = {"op": op, "threads": threads, "cache_block_bytes": _kernels.cache_block_bytes(),
+                "isa": cython_api.isa(), "reduction": None, "sweep": None, "kernel": "empty",
+                "blocks": 0, "units": 0, "unit_elements": [],
+                "thread_elements": [0] * threads}
+    else:
+        info = cython_api.describe_plan(N, C, S, dt.itemsize, op, nt,
+                                        _kernels.cache_block_bytes())
+    info.update(shape=shp, dtype=dt.name, layout=layout, block=(N, C, S))
     return info

@@ -4,13 +4,11 @@
 # return 0, or -1 when scratch memory could not be allocated.
 
 # `cache_bytes` is the size of x (and dy) data per NCHW cache block in the fused
-# passes: the second sweep of a block re-reads it from L3 instead of DRAM.
-# CACHE_BLOCK_BYTES is the default, half of a 32 MiB L3 (room for the output
-# stream and the other cores). Planes shorter than SHORT_PLANE are not cache
-# blocked: a block then holds only short runs of each image (24 KiB for
-# 256x2048x7x7), which stream badly (measured 1.4x slower than two sweeps).
-cdef enum:
-    CACHE_BLOCK_BYTES = 12 * 1024 * 1024
+# passes: the second sweep of a block re-reads it from L3 instead of DRAM
+# (default CACHE_BLOCK_BYTES, csrc/cbp_tuning.h). Planes shorter than
+# SHORT_PLANE are not cache blocked: a block then holds only short runs of each
+# image (24 KiB for 256x2048x7x7), which stream badly (measured 1.4x slower
+# than two sweeps).
 
 
 # ---------------------------------------------------------------------------
@@ -88,8 +86,7 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
     cdef floating* coef_w = NULL
     cdef int rc = 0
     if S > 1:
-        p = plane_plan(N, C, S, C if (out == NULL or S < SHORT_PLANE) else max(
-            1, cache_bytes // (2 * N * S * <Py_ssize_t>sizeof(floating))), SHORT_PLANE_BACKPROP)
+        p = backprop_plan(N, C, S, sizeof(floating), out != NULL, cache_bytes)
         nparts = p.ng
     else:
         nparts = column_units(N)
@@ -151,7 +148,7 @@ cdef int sweep_driver(const floating* x, const floating* dy, floating* out, Py_s
     cdef floating* coef_w
     cdef PlanePlan p
     if S > 1:
-        p = plane_plan(N, C, S, C, SHORT_PLANE)
+        p = sweep_plan(N, C, S)
         return nchw_sweep(x, dy, out, N, C, S, p, 0, p.ncb, coef, nthreads)
     coef_w = <floating*>malloc(4 * k * C * sizeof(floating))
     if coef_w == NULL:
@@ -191,8 +188,7 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
     cdef floating* coef_w = NULL
     cdef int rc = 0
     if S > 1:
-        p = plane_plan(N, C, S, C if (out == NULL or S < SHORT_PLANE) else max(
-            1, cache_bytes // (N * S * <Py_ssize_t>sizeof(floating))), SHORT_PLANE)
+        p = moments_plan(N, C, S, sizeof(floating), out != NULL, cache_bytes)
         nparts = p.ng
     else:
         nparts = column_units(N)

@@ -172,30 +172,3 @@ def affine(const floating[:, :, ::1] x, const double[::1] mean, const double[::1
             rc = cbp_affine_f64(&x[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0], &a[0], &bias[0],
                                 nthreads)
     _check(rc)
-
-
-cdef extern from *:
-    """
-    #ifndef CBP_COMPILE_ARGS
-    #define CBP_COMPILE_ARGS "unknown"
-    #endif
-    #if defined(__clang__)
-    #define CBP_COMPILER "clang " __clang_version__
-    #elif defined(__GNUC__)
-    #define CBP_COMPILER "gcc " __VERSION__
-    #elif defined(_MSC_VER)
-    #define CBP_COMPILER "msvc"
-    #else
-    #define CBP_COMPILER "unknown"
-    #endif
-    """
-    const char* CBP_COMPILE_ARGS
-    const char* CBP_COMPILER
-
-
-def compile_args():
-    return CBP_COMPILE_ARGS.decode()
-
-
-def compiler():
-    return CBP_COMPILER.decode()

@@ -16,7 +16,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 from libc.math cimport sqrt
 
-from cbp._openmp cimport CBP_HAVE_OPENMP, omp_get_max_threads
+from cbp._csrc cimport *
 
 include "_plan.pxi"
 include "_nchw_reduce.pxi"
@@ -24,59 +24,7 @@ include "_nhwc_reduce.pxi"
 include "_sweeps.pxi"
 
 include "_drivers.pxi"
-
-
-cdef extern from *:
-    """
-    /* GNU libgomp is not fork-safe: after a fork, a child's first parallel
-       region with more than one thread waits forever for the parent's pool
-       threads, which the child does not have (tests/test_fork.py). A child
-       process therefore runs cbp's kernels on one thread. LLVM's libomp and
-       MSVC's vcomp need no such guard. */
-    #if defined(_OPENMP) && defined(__GNUC__) && !defined(__clang__) && !defined(_WIN32)
-    #include <pthread.h>
-    #define CBP_FORK_GUARD 1
-    static volatile int cbp_forked_child = 0;
-    static void cbp_mark_forked_child(void) { cbp_forked_child = 1; }
-    static int cbp_install_fork_guard(void) {
-        return pthread_atfork(NULL, NULL, cbp_mark_forked_child);
-    }
-    #else
-    #define CBP_FORK_GUARD 0
-    static volatile int cbp_forked_child = 0;
-    static int cbp_install_fork_guard(void) { return 0; }
-    #endif
-
-    /* The file of the OpenMP runtime cbp's kernels call (for show_config and
-       threadpoolctl), or "" when unknown. */
-    #if defined(_OPENMP) && defined(_WIN32)
-    #include <windows.h>
-    static char cbp_omp_path[MAX_PATH + 1];
-    static const char* cbp_openmp_library(void) {
-        HMODULE h = NULL;
-        if (GetModuleHandleExA(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS |
-                               GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT,
-                               (LPCSTR)(void*)&omp_get_max_threads, &h)
-                && GetModuleFileNameA(h, cbp_omp_path, MAX_PATH))
-            return cbp_omp_path;
-        return "";
-    }
-    #elif defined(_OPENMP)
-    #include <dlfcn.h>
-    static const char* cbp_openmp_library(void) {
-        Dl_info info;
-        if (dladdr((void*)&omp_get_max_threads, &info) && info.dli_fname)
-            return info.dli_fname;
-        return "";
-    }
-    #else
-    static const char* cbp_openmp_library(void) { return ""; }
-    #endif
-    """
-    const int CBP_FORK_GUARD
-    int cbp_forked_child
-    int cbp_install_fork_guard()
-    const char* cbp_openmp_library()
+include "_plan_info.pxi"
 
 
 if cbp_install_fork_guard() != 0:
@@ -90,7 +38,55 @@ def openmp_library_path():
 
 def in_forked_child():
     """True in a process forked (without exec) while cbp uses GNU libgomp: one thread then."""
-    return bool(cbp_forked_child)
+    return bool(cbp_forked_child())
+
+
+def compiler():
+    """The C compiler the kernels were built with."""
+    return cbp_compiler().decode()
+
+
+def compile_args():
+    """The compiler flags the kernels were built with."""
+    return cbp_compile_args().decode()
+
+
+def isa_available():
+    """Instruction sets compiled in and supported by this CPU, best first."""
+    return [cbp_isa_name(i).decode() for i in range(cbp_isa_count())]
+
+
+def isa_compiled():
+    """Every instruction set compiled into this build, best first."""
+    return [cbp_isa_compiled_name(i).decode() for i in range(cbp_isa_compiled_count())]
+
+
+def isa():
+    """The instruction set whose kernels run."""
+    return cbp_isa_active().decode()
+
+
+def select_isa(name):
+    """Run the kernels of instruction set `name`; 0, -1 (unknown) or -2 (unsupported)."""
+    return cbp_isa_select(name.encode())
+
+
+def _select_isa_at_import():
+    # The best instruction set this CPU supports, or the one CBP_ISA names.
+    import os
+    available = isa_available()
+    want = os.environ.get("CBP_ISA", "").strip().lower()
+    rc = select_isa(want or available[0])
+    if rc == -1:
+        raise ImportError(f"cbp: CBP_ISA={want!r} names no instruction set of this build "
+                          f"(built: {', '.join(isa_compiled())}); available on this CPU: "
+                          f"{', '.join(available)}")
+    if rc == -2:
+        raise ImportError(f"cbp: CBP_ISA={want!r} is not supported by this CPU; available "
+                          f"on this CPU: {', '.join(available)}")
+
+
+_select_isa_at_import()
 
 
 cdef enum:
@@ -104,7 +100,7 @@ cdef inline bint _bad_dims(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
 
 
 cdef inline int _team(int num_threads) noexcept nogil:
-    return 1 if cbp_forked_child else num_threads
+    return 1 if cbp_forked_child() else num_threads
 
 
 cdef inline Py_ssize_t _cache(Py_ssize_t cache_bytes) noexcept nogil:
@@ -210,11 +206,11 @@ cdef int _affine(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t C, P
 # the public API (declared and documented in cython_api.pxd)
 
 cdef int cbp_openmp_enabled() noexcept nogil:
-    return CBP_HAVE_OPENMP
+    return cbp_have_openmp()
 
 
 cdef int cbp_max_threads() noexcept nogil:
-    return 1 if cbp_forked_child else omp_get_max_threads()
+    return 1 if cbp_forked_child() else cbp_omp_max_threads()
 
 
 cdef Py_ssize_t cbp_default_cache_bytes() noexcept nogil:

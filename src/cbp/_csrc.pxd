@@ -1,0 +1,91 @@
+# cbp's C sources (csrc/) as the Cython drivers see them. Private: the public
+# C-level interface is cython_api.pxd.
+#
+# The kernels exist once per element type; `void*` below stands for a pointer
+# to that type (float or double). The C macros behind these names pick the
+# float or double kernel by the type the pointer really has (C11 _Generic),
+# so one declaration serves both, and the C compiler checks every argument
+# against the real prototype (csrc/kernel_table.h).
+
+cdef extern from "cbp_tuning.h":
+    # ORDER constants (they decide the summation order, and so the bits)
+    enum:
+        ROW_FLUSH "CBP_ROW_FLUSH"
+        RUN_ELEMS "CBP_RUN_ELEMS"
+        UNIT_ELEMS "CBP_UNIT_ELEMS"
+        MIN_UNITS "CBP_MIN_UNITS"
+        UNIT_ROWS "CBP_UNIT_ROWS"
+        WIDEN "CBP_WIDEN"
+        SHORT_PLANE "CBP_SHORT_PLANE"
+        SHORT_PLANE_BACKPROP "CBP_SHORT_PLANE_BACKPROP"
+        QUARTER_W "CBP_QUARTER_W"
+        QUARTER_BYTES "CBP_QUARTER_BYTES"
+    # SCHEDULE constants (speed only)
+    enum:
+        CACHE_BLOCK_BYTES "CBP_CACHE_BLOCK_BYTES"
+        RUN_SWEEP_ELEMS "CBP_RUN_SWEEP_ELEMS"
+        SWEEP_QUARTER_BYTES "CBP_SWEEP_QUARTER_BYTES"
+        NT_STORE_BYTES "CBP_NT_STORE_BYTES"
+        NT_PLANE_BYTES "CBP_NT_PLANE_BYTES"
+        NT_ROW_BYTES "CBP_NT_ROW_BYTES"
+
+cdef extern from "cbp_kernels.h" nogil:
+    # NCHW planes (csrc/plane_reduce.h)
+    void plane_backprop "cbp_plane_backprop"(const void* x, const void* dy, Py_ssize_t S,
+                                             const void* mh, double* sum_dy,
+                                             double* sum_dyxc) noexcept
+    void plane_moments "cbp_plane_moments"(const void* x, Py_ssize_t S, double* count,
+                                           double* mean, double* m2) noexcept
+    # rows into per-column accumulators (csrc/column_reduce.h)
+    void rows_backprop "cbp_rows_backprop"(const void* x, const void* dy, int rows,
+                                           Py_ssize_t st, const void* mh, void* a, void* b,
+                                           Py_ssize_t m) noexcept
+    void rows_sum "cbp_rows_sum"(const void* x, int rows, Py_ssize_t st, void* a,
+                                 Py_ssize_t m) noexcept
+    void rows_shifted "cbp_rows_shifted"(const void* x, int rows, Py_ssize_t st,
+                                         const void* shift, void* a, void* b,
+                                         Py_ssize_t m) noexcept
+    void merge_block "cbp_merge_block"(const void* a, const void* b, const void* shift,
+                                       double* mean, double* m2, Py_ssize_t m, double n_a,
+                                       double nb) noexcept
+    void block_shift "cbp_block_shift"(void* a, Py_ssize_t m, double nb) noexcept
+    # elementwise sweeps (csrc/sweep.h); dy == NULL: the affine map
+    void rows_sweep "cbp_rows_sweep"(const void* x, const void* dy, void* out, int rows,
+                                     Py_ssize_t st, Py_ssize_t m, const void* mh,
+                                     const void* a, const void* b, const void* k) noexcept
+    void rows_sweep_nt "cbp_rows_sweep_nt"(const void* x, const void* dy, void* out, int rows,
+                                           Py_ssize_t st, Py_ssize_t m, const void* mh,
+                                           const void* a, const void* b,
+                                           const void* k) noexcept
+    void run_sweep "cbp_run_sweep"(const void* x, const void* dy, void* out, Py_ssize_t nc,
+                                   Py_ssize_t S, const void* mh, const void* a, const void* b,
+                                   const void* k) noexcept
+    void run_sweep_nt "cbp_run_sweep_nt"(const void* x, const void* dy, void* out,
+                                         Py_ssize_t nc, Py_ssize_t S, const void* mh,
+                                         const void* a, const void* b,
+                                         const void* k) noexcept
+
+    # helpers (csrc/common.c)
+    void* cbp_place(void* raw, const void* anchor, int slot) noexcept
+    void merge_into "cbp_merge_into"(double* mean, double* m2, Py_ssize_t sd,
+                                     const double* bmean, const double* bm2, Py_ssize_t ss,
+                                     Py_ssize_t m, double n_a, double n_b) noexcept
+    void store_fence "cbp_store_fence"() noexcept
+    const int CBP_HAVE_NT
+
+    # instruction sets (csrc/dispatch.c)
+    int cbp_isa_count() noexcept
+    const char* cbp_isa_name(int i) noexcept
+    const char* cbp_isa_active() noexcept
+    int cbp_isa_select(const char* name) noexcept
+    int cbp_isa_compiled_count() noexcept
+    const char* cbp_isa_compiled_name(int i) noexcept
+
+cdef extern from "cbp_runtime.h" nogil:
+    int cbp_have_openmp() noexcept
+    int cbp_omp_max_threads() noexcept
+    int cbp_install_fork_guard() noexcept
+    int cbp_forked_child() noexcept
+    const char* cbp_openmp_library() noexcept
+    const char* cbp_compiler() noexcept
+    const char* cbp_compile_args() noexcept

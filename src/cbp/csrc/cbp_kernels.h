@@ -1,0 +1,79 @@
+/* cbp's C kernels as the Cython drivers see them: the kernel tables, the
+   instruction-set choice, and the few helpers the drivers call directly.
+
+   Every kernel exists once per element type (float, double) and per
+   instruction set compiled in (see dispatch.c). The macros cbp_<kernel>(x,
+   ...) call the active table's kernel for x's element type, chosen with C11
+   _Generic from the type x points to, so one Cython declaration serves both
+   element types (it declares the T pointers as void pointers; the C compiler
+   checks the real types against the kernel's prototype). */
+#ifndef CBP_KERNELS_H
+#define CBP_KERNELS_H
+
+#include "cbp_common.h"
+
+#define T float
+#define CBP_KERNELS cbp_kernels_f32
+#include "kernel_table.h"
+#undef T
+#undef CBP_KERNELS
+#define T double
+#define CBP_KERNELS cbp_kernels_f64
+#include "kernel_table.h"
+#undef T
+#undef CBP_KERNELS
+
+/* The tables in use; they point at the baseline tables until cbp_isa_select. */
+extern const cbp_kernels_f32 *cbp_active_f32;
+extern const cbp_kernels_f64 *cbp_active_f64;
+
+#define CBP_TABLE_OF(x) \
+    _Generic((x)[0], float: cbp_active_f32, const float: cbp_active_f32, \
+             double: cbp_active_f64, const double: cbp_active_f64)
+
+#define cbp_plane_backprop(x, ...) (CBP_TABLE_OF(x)->plane_backprop((x), __VA_ARGS__))
+#define cbp_plane_moments(x, ...) (CBP_TABLE_OF(x)->plane_moments((x), __VA_ARGS__))
+#define cbp_rows_backprop(x, ...) (CBP_TABLE_OF(x)->rows_backprop((x), __VA_ARGS__))
+#define cbp_rows_sum(x, ...) (CBP_TABLE_OF(x)->rows_sum((x), __VA_ARGS__))
+#define cbp_rows_shifted(x, ...) (CBP_TABLE_OF(x)->rows_shifted((x), __VA_ARGS__))
+#define cbp_merge_block(a, ...) (CBP_TABLE_OF(a)->merge_block((a), __VA_ARGS__))
+#define cbp_block_shift(a, ...) (CBP_TABLE_OF(a)->block_shift((a), __VA_ARGS__))
+#define cbp_rows_sweep(x, ...) (CBP_TABLE_OF(x)->rows_sweep((x), __VA_ARGS__))
+#define cbp_rows_sweep_nt(x, ...) (CBP_TABLE_OF(x)->rows_sweep_nt((x), __VA_ARGS__))
+#define cbp_run_sweep(x, ...) (CBP_TABLE_OF(x)->run_sweep((x), __VA_ARGS__))
+#define cbp_run_sweep_nt(x, ...) (CBP_TABLE_OF(x)->run_sweep_nt((x), __VA_ARGS__))
+
+/* Instruction sets (dispatch.c). Names, best first, of those compiled in and
+   supported by this CPU; the best one is active until cbp_isa_select. */
+int cbp_isa_count(void);
+const char *cbp_isa_name(int i);
+const char *cbp_isa_active(void);
+/* 0: selected; -1: no such instruction set in this build; -2: compiled in,
+   but this CPU (or its operating system) does not support it. */
+int cbp_isa_select(const char *name);
+/* Every name this build knows, supported here or not (for error messages). */
+int cbp_isa_compiled_count(void);
+const char *cbp_isa_compiled_name(int i);
+
+/* Helpers called by the drivers directly (common.c). */
+
+/* Scratch rows that are stored to inside a loop over rows of x are placed at
+   CBP_SCRATCH_OFFSET + CBP_SCRATCH_SLOT * slot (mod 4096) from a row of x:
+   for row strides that are multiples of 1 KiB (C = 256, 1024, 2048 float32)
+   an accumulator and the row being read could otherwise share their address
+   bits 11:0, and every load would wait on an unrelated store (4K aliasing).
+   Returns the first address >= raw with that residue; raw must have 4096
+   spare bytes. */
+void *cbp_place(void *raw, const void *anchor, int slot);
+
+/* Chan's merge for m values at once that share the counts n_a, n_b
+   (channels of one unit, columns of one block): no division per value, and
+   for each value the same operations as cbp_chan_merge. mean and m2 step by
+   sd, bmean and bm2 by ss; mean and m2 start at 0 for n_a == 0. */
+void cbp_merge_into(double *mean, double *m2, ptrdiff_t sd, const double *bmean,
+                    const double *bm2, ptrdiff_t ss, ptrdiff_t m, double n_a, double n_b);
+
+/* Make this thread's streaming stores visible before it signals others. */
+void cbp_store_fence(void);
+
+#endif

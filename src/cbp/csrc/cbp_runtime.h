@@ -1,0 +1,24 @@
+/* What cbp asks of the OpenMP runtime and of the process (runtime.c). */
+#ifndef CBP_RUNTIME_H
+#define CBP_RUNTIME_H
+
+/* 1 when built with OpenMP, else 0 (then every kernel runs on one thread). */
+int cbp_have_openmp(void);
+/* omp_get_max_threads(), or 1 without OpenMP. */
+int cbp_omp_max_threads(void);
+
+/* GNU libgomp is not fork-safe: a forked child's first parallel region with
+   more than one thread waits forever for the parent's pool threads. After
+   cbp_install_fork_guard(), cbp_forked_child() is 1 in such a child, and the
+   kernels then run on one thread. Returns 0, or pthread_atfork's error. */
+int cbp_install_fork_guard(void);
+int cbp_forked_child(void);
+
+/* The file of the OpenMP runtime the kernels call, or "" when unknown. */
+const char *cbp_openmp_library(void);
+
+/* The compiler and the flags the kernels were built with. */
+const char *cbp_compiler(void);
+const char *cbp_compile_args(void);
+
+#endif

@@ -1,0 +1,119 @@
+/* Every tuning constant of cbp's kernels, in two groups.
+
+   ORDER constants decide which terms are added together in which order, and
+   so the bits of every result: changing one changes the golden hashes
+   (tests/golden_hashes.json; regenerate them in the same commit and say why
+   in the README's change log). None of them depends on the thread count or
+   the CPU, which is why results are bitwise identical for every num_threads
+   and every instruction set.
+
+   SCHEDULE constants only decide how the same sums are scheduled (cache
+   blocks, row order of the elementwise sweeps, store kind): changing one
+   changes speed, never a bit.
+
+   "Chosen by" names the measurement behind each value: a benchmark snapshot
+   in benchmarks/snapshots/, or the commit whose message quotes the A/B (see
+   benchmarks/README.md). Measurements before 2026-12 were taken on a 2-core
+   AMD EPYC (Zen 4) VM with a 32 MiB L3. */
+#ifndef CBP_TUNING_H
+#define CBP_TUNING_H
+
+/* ---- ORDER: these change the bits ------------------------------------- */
+
+/* Column (row) kernels: rows added into input-type accumulators before a
+   float64 flush, i.e. terms per float32 partial sum. Trades error bound
+   against flush cost (128 measured up to 1.1x faster on NHWC backprop sums
+   but quadruples the float32 block). Chosen by: the initial design; README
+   "Not yet" discusses 128. */
+#define CBP_ROW_FLUSH 32
+
+/* NCHW backprop sums: independent accumulators per plane, and elements per
+   block before the lanes go into float64 (BLOCK / LANES = 32 terms a lane).
+   Chosen by: a7f41f4 (plane-by-plane backprop sums). */
+#define CBP_PLANE_LANES 16
+#define CBP_PLANE_BLOCK 512
+
+/* NCHW moments: lanes and elements per corrected two-pass block (4 KiB, in
+   L1 for the second pass). float64 uses 16 lanes: 32 doubles spill
+   registers. Chosen by: e40bb9c (float32), b794d12 (float64). */
+#define CBP_MOMENTS_LANES_F32 32
+#define CBP_MOMENTS_BLOCK_F32 1024
+#define CBP_MOMENTS_LANES_F64 16
+#define CBP_MOMENTS_BLOCK_F64 512
+
+/* NCHW short planes summed as columns: channels per block so that each image
+   contributes a run of at least this many elements to a row. Chosen by:
+   7303da7. */
+#define CBP_RUN_ELEMS 1024
+
+/* NCHW column plans: at most this many elements per unit (more image groups
+   on large batches). Chosen by: the initial design. */
+#define CBP_UNIT_ELEMS 65536
+
+/* Units per reduction, at least (NCHW image groups x channel blocks) and at
+   most (column units): enough to keep this many threads busy, few enough
+   that the per-unit partial sums stay small (units x C x 16 bytes). Chosen
+   with at most 2 threads; balance on many cores is the performance issue's. */
+#define CBP_MIN_UNITS 64
+
+/* Column units have at least this many rows: a unit's fixed cost (zeroing,
+   flushing and combining [C, 2] partial sums) is that of a few rows; 24-row
+   units spent a quarter of the time on it (32x2048x7x7 NHWC). Chosen by:
+   042b9b3. */
+#define CBP_UNIT_ROWS 64
+
+/* Column kernels fuse consecutive rows of a small C until a fused row has at
+   least this many elements (long vectorizable inner loops). Chosen by: the
+   initial design. */
+#define CBP_WIDEN 64
+
+/* NCHW moments of planes shorter than this run the column kernels (a
+   plane's two passes and merge cost too much there). Backprop sums go plane
+   by plane for every S >= CBP_SHORT_PLANE_BACKPROP, i.e. every S > 1
+   (measured up to 1.25x faster on 7x7 and 14x14). Chosen by: a7f41f4. */
+#define CBP_SHORT_PLANE 256
+#define CBP_SHORT_PLANE_BACKPROP 2
+
+/* Column backprop sums add four rows per step from the four quarters of a
+   unit on rows of at least QUARTER_W elements, and on arrays of at most
+   QUARTER_BYTES (in cache); otherwise one row at a time (eight streams of
+   shorter rows from memory measured 1.06x-1.15x slower than two). The NHWC
+   sweeps use the same test for their four-row coefficient loads (schedule
+   only). Chosen by: a1fbacd, 635b36c. */
+#define CBP_QUARTER_W 2048
+#define CBP_QUARTER_BYTES 4194304
+
+/* ---- SCHEDULE: speed only --------------------------------------------- */
+
+/* x (and dy) bytes per NCHW cache block of the fused passes, re-read from
+   the last-level cache by the second sweep: half of a 32 MiB L3, leaving
+   room for the output stream and the other cores. Runtime-settable
+   (cache_bytes). Chosen by: 2026-11-22-full.md. */
+#define CBP_CACHE_BLOCK_BYTES (12 * 1024 * 1024)
+
+/* Elements per task of the short-plane NCHW sweep (runs of whole planes).
+   Chosen by: 7303da7. */
+#define CBP_RUN_SWEEP_ELEMS 16384
+
+/* NHWC sweeps over arrays larger than this (a typical last-level cache) take
+   long rows from four quarters of a unit (0.88x the time on 256x2048x7x7,
+   1.13x on 32x2048x7x7, which stays in L3). Chosen by: 635b36c. */
+#define CBP_SWEEP_QUARTER_BYTES 33554432
+
+/* Outputs of at least NT_STORE_BYTES are written with streaming stores: with
+   x and dy beside them they outgrow a 32 MiB L3. NCHW planes and NHWC
+   (fused) rows of fewer bytes keep plain stores (rows of 256 bytes measured
+   1.2x slower streamed, rows of 1 KiB 0.9x the time). Chosen by:
+   2026-11-22-streaming.md. */
+#define CBP_NT_STORE_BYTES 16777216
+#define CBP_NT_PLANE_BYTES 512
+#define CBP_NT_ROW_BYTES 1024
+
+/* Scratch rows stored to inside a loop over rows of x sit at
+   512 + 1024 * slot bytes (mod 4 KiB) from the row being read, so loads do
+   not wait on unrelated stores (4K aliasing; up to 2x measured). Chosen by:
+   f8e28b4. */
+#define CBP_SCRATCH_OFFSET 512
+#define CBP_SCRATCH_SLOT 1024
+
+#endif

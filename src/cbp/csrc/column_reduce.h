@@ -1,0 +1,98 @@
+/* Column reductions: rows of a strided 2-D view added into one accumulator
+   per column, for element type T. Included once per (T, instruction set) by
+   kernels.h; the Cython driver (_nhwc_reduce.pxi) cuts the rows into units
+   and blocks and flushes the T accumulators into float64.
+
+   They serve NHWC (a row holds all C channels of one pixel, or k pixels
+   fused), NCHW with no spatial axes, and the moments of NCHW short planes (a
+   row is one image's run of a block of channels). The inner loop runs along
+   a row, so it vectorizes with no reassociation. Four rows at a time (st
+   apart) load and store each accumulator once per four rows, and the four
+   terms are summed first. */
+
+static CBP_TARGET void rows_backprop(const T *x, const T *dy, int rows, ptrdiff_t st,
+                                     const T *mh, T *a, T *b, ptrdiff_t m)
+{
+    ptrdiff_t j;
+    if (rows == 4) {
+        CBP_SIMD for (j = 0; j < m; j++) {
+            T s = mh[j];
+            a[j] += (dy[j] + dy[st + j]) + (dy[2 * st + j] + dy[3 * st + j]);
+            b[j] += (dy[j] * (x[j] - s) + dy[st + j] * (x[st + j] - s))
+                    + (dy[2 * st + j] * (x[2 * st + j] - s)
+                       + dy[3 * st + j] * (x[3 * st + j] - s));
+        }
+    } else {
+        CBP_SIMD for (j = 0; j < m; j++) {
+            a[j] += dy[j];
+            b[j] += dy[j] * (x[j] - mh[j]);
+        }
+    }
+}
+
+static CBP_TARGET void rows_sum(const T *x, int rows, ptrdiff_t st, T *a, ptrdiff_t m)
+{
+    ptrdiff_t j;
+    if (rows == 4) {
+        CBP_SIMD for (j = 0; j < m; j++)
+            a[j] += (x[j] + x[st + j]) + (x[2 * st + j] + x[3 * st + j]);
+    } else {
+        CBP_SIMD for (j = 0; j < m; j++) a[j] += x[j];
+    }
+}
+
+static CBP_TARGET void rows_shifted(const T *x, int rows, ptrdiff_t st, const T *shift, T *a,
+                                    T *b, ptrdiff_t m)
+{
+    ptrdiff_t j;
+    if (rows == 4) {
+        CBP_SIMD for (j = 0; j < m; j++) {
+            T s = shift[j];
+            T d0 = x[j] - s, d1 = x[st + j] - s;
+            T d2 = x[2 * st + j] - s, d3 = x[3 * st + j] - s;
+            a[j] += (d0 + d1) + (d2 + d3);
+            b[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+        }
+    } else {
+        CBP_SIMD for (j = 0; j < m; j++) {
+            T d = x[j] - shift[j];
+            a[j] += d;
+            b[j] += d * d;
+        }
+    }
+}
+
+/* End of a block of nb rows in the moments pass: turn per-column shifted
+   sums (a: sum d, b: sum d*d, d = x - shift) into the block's mean and M2
+   and merge them into the running per-column mean and M2 of n_a earlier
+   rows (Chan; exact also for n_a == 0). One division per block, not two per
+   column: the divisions cost a quarter of the whole pass. */
+static CBP_TARGET void merge_block(const T *a, const T *b, const T *shift, double *mean,
+                                   double *m2, ptrdiff_t m, double n_a, double nb)
+{
+    ptrdiff_t j;
+    double w, v, rn;
+    if (m <= 0 || nb <= 0)
+        return;
+    w = nb / (n_a + nb);
+    v = n_a * w;
+    rn = 1.0 / nb;
+    CBP_SIMD for (j = 0; j < m; j++) {
+        double s1 = (double)a[j], q = s1 * rn;
+        double bm2 = (double)b[j] - s1 * q;
+        double delta = ((double)shift[j] + q) - mean[j];
+        mean[j] += delta * w;
+        m2[j] += (bm2 > 0.0 ? bm2 : 0.0) + delta * delta * v;
+    }
+}
+
+/* a := a / nb rounded to T: the per-column shift of a block's second pass. */
+static CBP_TARGET void block_shift(T *a, ptrdiff_t m, double nb)
+{
+    ptrdiff_t j;
+    double rn;
+    if (m <= 0 || nb <= 0)
+        return;
+    rn = 1.0 / nb;
+    CBP_SIMD for (j = 0; j < m; j++) a[j] = (T)((double)a[j] * rn);
+}

@@ -1,0 +1,39 @@
+/* The kernels of one element type T, as a table of function pointers: one
+   table per (element type, instruction set), chosen at import (dispatch.c).
+   Included once per element type with T and CBP_KERNELS defined (by
+   cbp_kernels.h). Pointers to T may alias (out == x or out == dy: in place). */
+
+typedef struct {
+    /* NCHW planes (plane_reduce.h): sum dy and sum dy * (x - *mh) over one
+       plane of S elements, added to *sum_dy and *sum_dyxc. */
+    void (*plane_backprop)(const T *x, const T *dy, ptrdiff_t S, const T *mh,
+                           double *sum_dy, double *sum_dyxc);
+    /* Exact moments of one plane merged into (*count, *mean, *m2). */
+    void (*plane_moments)(const T *x, ptrdiff_t S, double *count, double *mean,
+                          double *m2);
+
+    /* Rows into per-column accumulators (column_reduce.h): `rows` (1 or 4)
+       rows, st apart, of m elements. */
+    void (*rows_backprop)(const T *x, const T *dy, int rows, ptrdiff_t st, const T *mh,
+                          T *a, T *b, ptrdiff_t m);
+    void (*rows_sum)(const T *x, int rows, ptrdiff_t st, T *a, ptrdiff_t m);
+    void (*rows_shifted)(const T *x, int rows, ptrdiff_t st, const T *shift, T *a, T *b,
+                         ptrdiff_t m);
+    /* A block of nb rows of shifted sums into the running per-column (mean,
+       M2) of n_a earlier rows; the block's shift from its first pass. */
+    void (*merge_block)(const T *a, const T *b, const T *shift, double *mean, double *m2,
+                        ptrdiff_t m, double n_a, double nb);
+    void (*block_shift)(T *a, ptrdiff_t m, double nb);
+
+    /* Elementwise sweeps (sweep.h), dy == NULL: the affine map. `rows` (1 or
+       4) rows st apart, per-element coefficients; or nc planes of S
+       elements, per-plane coefficients. _nt: streaming stores. */
+    void (*rows_sweep)(const T *x, const T *dy, T *out, int rows, ptrdiff_t st, ptrdiff_t m,
+                       const T *mh, const T *a, const T *b, const T *k);
+    void (*rows_sweep_nt)(const T *x, const T *dy, T *out, int rows, ptrdiff_t st,
+                          ptrdiff_t m, const T *mh, const T *a, const T *b, const T *k);
+    void (*run_sweep)(const T *x, const T *dy, T *out, ptrdiff_t nc, ptrdiff_t S,
+                      const T *mh, const T *a, const T *b, const T *k);
+    void (*run_sweep_nt)(const T *x, const T *dy, T *out, ptrdiff_t nc, ptrdiff_t S,
+                         const T *mh, const T *a, const T *b, const T *k);
+} CBP_KERNELS;

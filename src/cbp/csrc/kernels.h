@@ -1,0 +1,21 @@
+/* Instantiates every kernel for one element type and one instruction set,
+   and the table that points at them. A table file (table_<type>_<isa>.c)
+   defines T, CBP_KERNELS (the table type), CBP_TABLE (the table's name) and
+   CBP_TARGET (the function attribute of its instruction set), then includes
+   this file. The kernels are static, so each table file holds its own copy
+   of every function under its plain name. */
+#include "cbp_kernels.h"
+
+#ifndef CBP_TARGET
+#error "a table file defines CBP_TARGET (empty for the baseline) before it includes kernels.h"
+#endif
+
+#include "plane_reduce.h"
+#include "column_reduce.h"
+#include "sweep.h"
+
+const CBP_KERNELS CBP_TABLE = {
+    plane_backprop, plane_moments,
+    rows_backprop, rows_sum, rows_shifted, merge_block, block_shift,
+    rows_sweep, rows_sweep_nt, run_sweep, run_sweep_nt,
+};
