@@ -60,10 +60,9 @@ _ext_args = dict(
                    ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 extensions = [
-    # The kernels and the public C API (cython_api.pxd), compiled once.
+    # The kernels, the public C API (cython_api.pxd) and the Python entry
+    # points (re-exported by cbp._kernels), compiled once.
     Extension("cbp.cython_api", ["src/cbp/cython_api.pyx"] + KERNEL_SOURCES, **_ext_args),
-    # The Python entry points, calling the kernels through that C API.
-    Extension("cbp._kernels", ["src/cbp/_kernels.pyx"], **_ext_args),
 ]
 
 _OPENMP_PROBE = textwrap.dedent("""\

@@ -49,7 +49,7 @@ python -m twine check --strict "$SDIST"
 tar tzf "$SDIST" > "$WORK/sdist.txt"
 base="$(basename "$SDIST" .tar.gz)"
 for f in pyproject.toml setup.py MANIFEST.in README.md \
-         src/cbp/_kernels.pyx src/cbp/cython_api.pyx src/cbp/cython_api.pxd \
+         src/cbp/_entry_points.pxi src/cbp/cython_api.pyx src/cbp/cython_api.pxd \
          src/cbp/_csrc.pxd src/cbp/_plan.pxi src/cbp/_nchw_reduce.pxi \
          src/cbp/_nhwc_reduce.pxi src/cbp/_sweeps.pxi src/cbp/_drivers.pxi \
          src/cbp/py.typed src/cbp/_api.pyi tests/conftest.py tests/golden_hashes.json \

@@ -15,7 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def test_py_typed_and_stubs_ship():
     pkg = os.path.dirname(cbp.__file__)
-    for name in ("py.typed", "_api.pyi", "_stats.pyi", "_config.pyi", "_kernels.pyi",
+    for name in ("py.typed", "_api.pyi", "_stats.pyi", "_config.pyi",
                  "cython_api.pyi", "cython_api.pxd"):
         assert os.path.exists(os.path.join(pkg, name)), name
 

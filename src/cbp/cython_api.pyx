@@ -4,9 +4,12 @@
 The kernels are compiled once, here, from files named after what they do:
 ``_plan.pxi`` (work decomposition), ``_nchw_reduce.pxi`` and
 ``_nhwc_reduce.pxi`` (per-channel reductions), ``_sweeps.pxi`` (dX and affine
-sweeps) and ``_drivers.pxi`` (the fused operations). The functions declared in
-``cython_api.pxd`` wrap the drivers, one per operation and dtype, for cbp's own
-Python layer (``_kernels.pyx``) and for other packages' Cython code alike.
+sweeps) and ``_drivers.pxi`` (the fused operations), which call the C kernels
+of ``csrc/`` (declared in ``_csrc.pxd``). The functions declared in
+``cython_api.pxd`` are the public C API for other packages' Cython code, one
+per operation and dtype; cbp's own Python layer calls the same dtype-generic
+bodies through ``_entry_points.pxi`` (re-exported as ``cbp._kernels``), and
+``_plan_info.pxi`` reports the plan a call would run.
 """
 # The kernel files use these names; they are cimported here, not in the .pxd,
 # so the public interface stays free of cimports.
@@ -14,7 +17,9 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
-from libc.math cimport sqrt
+from libc.math cimport sqrt, isfinite
+
+import numpy as np
 
 from cbp._csrc cimport *
 
@@ -295,3 +300,6 @@ cdef int cbp_affine_f64(const double* x, double* out, Py_ssize_t N, Py_ssize_t C
                         Py_ssize_t S, const double* mean, const double* a, const double* bias,
                         int num_threads) noexcept nogil:
     return _affine(x, out, N, C, S, mean, a, bias, num_threads)
+
+
+include "_entry_points.pxi"

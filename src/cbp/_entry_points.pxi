@@ -1,30 +1,10 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Python entry points of cbp's kernels.
+# The Python entry points of the kernels, for cbp's Python layer (cbp._kernels
+# re-exports them). Inputs are validated and C-contiguous there, shaped
+# (N, C, S): S > 1 runs the NCHW kernels, S == 1 the row ("NHWC") kernels.
+# Each calls the dtype-generic body behind the public C API (the _op
+# functions of cython_api.pyx) for the dtype of its memoryviews.
 
-The kernels themselves are compiled once, in ``cbp.cython_api`` (which
-includes ``_plan.pxi``, ``_nchw_reduce.pxi``, ``_nhwc_reduce.pxi``,
-``_sweeps.pxi`` and ``_drivers.pxi``); this module calls them through the same
-public C API that other packages cimport, picking the float32 or float64
-function by the arrays' dtype.
-Inputs here are already validated and C-contiguous, shaped (N, C, S): S > 1
-runs the NCHW kernels, S == 1 the row ("NHWC") kernels.
-"""
-from cython cimport floating
-from libc.math cimport isfinite
-
-from cbp.cython_api cimport (
-    cbp_openmp_enabled, cbp_max_threads, cbp_default_cache_bytes,
-    cbp_moments_f32, cbp_moments_f64,
-    cbp_backprop_sums_f32, cbp_backprop_sums_f64,
-    cbp_dx_f32, cbp_dx_f64,
-    cbp_backward_f32, cbp_backward_f64,
-    cbp_forward_f32, cbp_forward_f64,
-    cbp_affine_f32, cbp_affine_f64,
-)
-
-import numpy as np
-
-cdef Py_ssize_t _cache_block_bytes = cbp_default_cache_bytes()
+cdef Py_ssize_t _cache_block_bytes = CACHE_BLOCK_BYTES
 
 
 cdef _check(int rc):
@@ -80,12 +60,8 @@ def backprop_sums(const floating[:, :, ::1] x, const floating[:, :, ::1] dy,
     cdef double[::1] ds = dscale, db = dbias
     cdef int rc
     with nogil:
-        if floating is float:
-            rc = cbp_backprop_sums_f32(&x[0, 0, 0], &dy[0, 0, 0], N, C, S, &mean[0],
-                                       &inv_std[0], &ds[0], &db[0], nthreads)
-        else:
-            rc = cbp_backprop_sums_f64(&x[0, 0, 0], &dy[0, 0, 0], N, C, S, &mean[0],
-                                       &inv_std[0], &ds[0], &db[0], nthreads)
+        rc = _backprop_sums(&x[0, 0, 0], &dy[0, 0, 0], N, C, S, &mean[0], &inv_std[0], &ds[0],
+                            &db[0], nthreads)
     _check(rc)
     return dscale, dbias
 
@@ -99,14 +75,8 @@ def backward(const floating[:, :, ::1] x, const floating[:, :, ::1] dy,
     cdef double[::1] ds = dscale, db = dbias
     cdef int rc
     with nogil:
-        if floating is float:
-            rc = cbp_backward_f32(&x[0, 0, 0], &dy[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0],
-                                  &inv_std[0], &scale[0], &ds[0], &db[0], _cache_block_bytes,
-                                  nthreads)
-        else:
-            rc = cbp_backward_f64(&x[0, 0, 0], &dy[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0],
-                                  &inv_std[0], &scale[0], &ds[0], &db[0], _cache_block_bytes,
-                                  nthreads)
+        rc = _backward(&x[0, 0, 0], &dy[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0], &inv_std[0],
+                       &scale[0], &ds[0], &db[0], _cache_block_bytes, nthreads)
     _check(rc)
     return dscale, dbias
 
@@ -117,12 +87,8 @@ def dx(const floating[:, :, ::1] x, const floating[:, :, ::1] dy, const double[:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef int rc
     with nogil:
-        if floating is float:
-            rc = cbp_dx_f32(&x[0, 0, 0], &dy[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0],
-                            &inv_std[0], &scale[0], &dscale[0], &dbias[0], count, nthreads)
-        else:
-            rc = cbp_dx_f64(&x[0, 0, 0], &dy[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0],
-                            &inv_std[0], &scale[0], &dscale[0], &dbias[0], count, nthreads)
+        rc = _dx(&x[0, 0, 0], &dy[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0], &inv_std[0], &scale[0],
+                 &dscale[0], &dbias[0], count, nthreads)
     _check(rc)
 
 
@@ -133,10 +99,7 @@ def moments(const floating[:, :, ::1] x, int nthreads):
     cdef double[::1] mv = mean, m2v = m2
     cdef int rc
     with nogil:
-        if floating is float:
-            rc = cbp_moments_f32(&x[0, 0, 0], N, C, S, &mv[0], &m2v[0], nthreads)
-        else:
-            rc = cbp_moments_f64(&x[0, 0, 0], N, C, S, &mv[0], &m2v[0], nthreads)
+        rc = _moments(&x[0, 0, 0], N, C, S, &mv[0], &m2v[0], nthreads)
     _check(rc)
     return mean, m2
 
@@ -150,12 +113,8 @@ def forward(const floating[:, :, ::1] x, const double[::1] scale, const double[:
     cdef double[::1] mv = mean, m2v = m2, iv = inv_std
     cdef int rc
     with nogil:
-        if floating is float:
-            rc = cbp_forward_f32(&x[0, 0, 0], &out[0, 0, 0], N, C, S, &scale[0], &bias[0], eps,
-                                 &mv[0], &m2v[0], &iv[0], _cache_block_bytes, nthreads)
-        else:
-            rc = cbp_forward_f64(&x[0, 0, 0], &out[0, 0, 0], N, C, S, &scale[0], &bias[0], eps,
-                                 &mv[0], &m2v[0], &iv[0], _cache_block_bytes, nthreads)
+        rc = _forward(&x[0, 0, 0], &out[0, 0, 0], N, C, S, &scale[0], &bias[0], eps, &mv[0],
+                      &m2v[0], &iv[0], _cache_block_bytes, nthreads)
     _check(rc)
     return mean, m2, inv_std
 
@@ -165,10 +124,5 @@ def affine(const floating[:, :, ::1] x, const double[::1] mean, const double[::1
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef int rc
     with nogil:
-        if floating is float:
-            rc = cbp_affine_f32(&x[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0], &a[0], &bias[0],
-                                nthreads)
-        else:
-            rc = cbp_affine_f64(&x[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0], &a[0], &bias[0],
-                                nthreads)
+        rc = _affine(&x[0, 0, 0], &out[0, 0, 0], N, C, S, &mean[0], &a[0], &bias[0], nthreads)
     _check(rc)
