@@ -41,6 +41,28 @@ def _opt_flags():
     return ["-O3", "-ffp-contract=off"]
 
 
+def _generate_from_templates():
+    """Write the public C API's files from their Tempita templates (X.tp -> X).
+
+    Each public function is written once in the template and instantiated per
+    element type (float: _f32, double: _f64), as scikit-learn does with its
+    .pyx.tp files; Tempita ships with Cython.
+    """
+    from Cython import Tempita
+
+    for template in ("src/cbp/cython_api.pxd.tp", "src/cbp/_public_api.pxi.tp"):
+        with open(template) as f:
+            text = Tempita.sub(f.read())
+        target = template[:-len(".tp")]
+        if os.path.exists(target):
+            with open(target) as f:
+                if f.read() == text:
+                    continue
+        with open(target, "w") as f:
+            f.write(text)
+
+
+_generate_from_templates()
 omp_compile, omp_link = _openmp_flags()
 compile_args = _opt_flags() + omp_compile
 build_info = " ".join(compile_args)

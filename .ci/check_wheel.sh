@@ -50,6 +50,7 @@ tar tzf "$SDIST" > "$WORK/sdist.txt"
 base="$(basename "$SDIST" .tar.gz)"
 for f in pyproject.toml setup.py MANIFEST.in README.md \
          src/cbp/_entry_points.pxi src/cbp/cython_api.pyx src/cbp/cython_api.pxd \
+         src/cbp/cython_api.pxd.tp src/cbp/_public_api.pxi.tp \
          src/cbp/_csrc.pxd src/cbp/_plan.pxi src/cbp/_nchw_reduce.pxi \
          src/cbp/_nhwc_reduce.pxi src/cbp/_sweeps.pxi src/cbp/_drivers.pxi \
          src/cbp/py.typed src/cbp/_api.pyi tests/conftest.py tests/golden_hashes.json \

@@ -51,9 +51,10 @@ SHAPES = [
 ]
 
 # Medium canonical shapes chosen to reach every work decomposition of the
-# kernels (long planes S >= 1024, mid planes 256 <= S < 1024, short planes
-# with partial channel blocks, several image groups per channel, and the
-# row/column kernels with C < 64 and C >= 64, row counts not multiples of 32).
+# kernels (long planes, mid planes, short planes with partial channel blocks,
+# several image groups per channel, widened and plain rows, row counts that
+# are not multiples of a block); tests/test_paths.py asserts through
+# cbp.plan_info that these and the other value tests reach every path.
 MEDIUM_SHAPES = [
     (3, 2, 40, 40),       # S = 1600
     (5, 3, 20, 20),       # S = 400

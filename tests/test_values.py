@@ -301,9 +301,8 @@ def test_medium_shapes_all_functions(shape, layout, dtype):
     _check_all_functions(shape, layout, dtype)
 
 
-# The column kernels pick their row order by row width and array size (see
-# QUARTER_W, QUARTER_BYTES and SWEEP_QUARTER_BYTES in _plan.pxi and
-# _sweeps.pxi); the small shapes above take the in-cache order.
+# The row kernels pick their row order by row width and array size; which
+# path each case takes is asserted in tests/test_paths.py (cbp.plan_info).
 SIZE_PATH_CASES = [
     ((9, 2050), np.float64),          # rows >= 2048: four quarters, plus leftover rows
     ((1100, 1024), np.float32),       # > 4 MiB of rows < 2048: one row at a time

@@ -73,6 +73,7 @@ def show_config(*, print_out: bool = True) -> dict:
         "default_num_threads": _kernels.max_threads(),
         "isa": cython_api.isa(),
         "isa_available": cython_api.isa_available(),
+        "isa_default": cython_api.isa_default(),
         "compiler": cython_api.compiler(),
         "compile_args": cython_api.compile_args(),
         "openmp_runtime": openmp_runtime(),

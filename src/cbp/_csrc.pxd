@@ -76,6 +76,7 @@ cdef extern from "cbp_kernels.h" nogil:
     # instruction sets (csrc/dispatch.c)
     int cbp_isa_count() noexcept
     const char* cbp_isa_name(int i) noexcept
+    const char* cbp_isa_default() noexcept
     const char* cbp_isa_active() noexcept
     int cbp_isa_select(const char* name) noexcept
     int cbp_isa_compiled_count() noexcept

@@ -57,12 +57,12 @@ def compile_args():
 
 
 def isa_available():
-    """Instruction sets compiled in and supported by this CPU, best first."""
+    """Instruction sets compiled in and supported by this CPU, widest first."""
     return [cbp_isa_name(i).decode() for i in range(cbp_isa_count())]
 
 
 def isa_compiled():
-    """Every instruction set compiled into this build, best first."""
+    """Every instruction set compiled into this build, widest first."""
     return [cbp_isa_compiled_name(i).decode() for i in range(cbp_isa_compiled_count())]
 
 
@@ -71,17 +71,22 @@ def isa():
     return cbp_isa_active().decode()
 
 
+def isa_default():
+    """The instruction set cbp selects at import when CBP_ISA is not set."""
+    return cbp_isa_default().decode()
+
+
 def select_isa(name):
     """Run the kernels of instruction set `name`; 0, -1 (unknown) or -2 (unsupported)."""
     return cbp_isa_select(name.encode())
 
 
 def _select_isa_at_import():
-    # The best instruction set this CPU supports, or the one CBP_ISA names.
+    # The default instruction set for this CPU, or the one CBP_ISA names.
     import os
     available = isa_available()
     want = os.environ.get("CBP_ISA", "").strip().lower()
-    rc = select_isa(want or available[0])
+    rc = select_isa(want or isa_default())
     if rc == -1:
         raise ImportError(f"cbp: CBP_ISA={want!r} names no instruction set of this build "
                           f"(built: {', '.join(isa_compiled())}); available on this CPU: "
@@ -222,84 +227,7 @@ cdef Py_ssize_t cbp_default_cache_bytes() noexcept nogil:
     return CACHE_BLOCK_BYTES
 
 
-cdef int cbp_moments_f32(const float* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                         double* mean, double* m2, int num_threads) noexcept nogil:
-    return _moments(x, N, C, S, mean, m2, num_threads)
-
-
-cdef int cbp_moments_f64(const double* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                         double* mean, double* m2, int num_threads) noexcept nogil:
-    return _moments(x, N, C, S, mean, m2, num_threads)
-
-
-cdef int cbp_backprop_sums_f32(const float* x, const float* dy, Py_ssize_t N, Py_ssize_t C,
-                               Py_ssize_t S, const double* mean, const double* inv_std,
-                               double* dscale, double* dbias, int num_threads) noexcept nogil:
-    return _backprop_sums(x, dy, N, C, S, mean, inv_std, dscale, dbias, num_threads)
-
-
-cdef int cbp_backprop_sums_f64(const double* x, const double* dy, Py_ssize_t N, Py_ssize_t C,
-                               Py_ssize_t S, const double* mean, const double* inv_std,
-                               double* dscale, double* dbias, int num_threads) noexcept nogil:
-    return _backprop_sums(x, dy, N, C, S, mean, inv_std, dscale, dbias, num_threads)
-
-
-cdef int cbp_dx_f32(const float* x, const float* dy, float* out, Py_ssize_t N, Py_ssize_t C,
-                    Py_ssize_t S, const double* mean, const double* inv_std,
-                    const double* scale, const double* dscale, const double* dbias,
-                    double count, int num_threads) noexcept nogil:
-    return _dx(x, dy, out, N, C, S, mean, inv_std, scale, dscale, dbias, count, num_threads)
-
-
-cdef int cbp_dx_f64(const double* x, const double* dy, double* out, Py_ssize_t N,
-                    Py_ssize_t C, Py_ssize_t S, const double* mean, const double* inv_std,
-                    const double* scale, const double* dscale, const double* dbias,
-                    double count, int num_threads) noexcept nogil:
-    return _dx(x, dy, out, N, C, S, mean, inv_std, scale, dscale, dbias, count, num_threads)
-
-
-cdef int cbp_backward_f32(const float* x, const float* dy, float* out, Py_ssize_t N,
-                          Py_ssize_t C, Py_ssize_t S, const double* mean,
-                          const double* inv_std, const double* scale, double* dscale,
-                          double* dbias, Py_ssize_t cache_bytes, int num_threads) noexcept nogil:
-    return _backward(x, dy, out, N, C, S, mean, inv_std, scale, dscale, dbias, cache_bytes,
-                     num_threads)
-
-
-cdef int cbp_backward_f64(const double* x, const double* dy, double* out, Py_ssize_t N,
-                          Py_ssize_t C, Py_ssize_t S, const double* mean,
-                          const double* inv_std, const double* scale, double* dscale,
-                          double* dbias, Py_ssize_t cache_bytes, int num_threads) noexcept nogil:
-    return _backward(x, dy, out, N, C, S, mean, inv_std, scale, dscale, dbias, cache_bytes,
-                     num_threads)
-
-
-cdef int cbp_forward_f32(const float* x, float* out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                         const double* scale, const double* bias, double eps, double* mean,
-                         double* m2, double* inv_std, Py_ssize_t cache_bytes,
-                         int num_threads) noexcept nogil:
-    return _forward(x, out, N, C, S, scale, bias, eps, mean, m2, inv_std, cache_bytes,
-                    num_threads)
-
-
-cdef int cbp_forward_f64(const double* x, double* out, Py_ssize_t N, Py_ssize_t C,
-                         Py_ssize_t S, const double* scale, const double* bias, double eps,
-                         double* mean, double* m2, double* inv_std, Py_ssize_t cache_bytes,
-                         int num_threads) noexcept nogil:
-    return _forward(x, out, N, C, S, scale, bias, eps, mean, m2, inv_std, cache_bytes,
-                    num_threads)
-
-
-cdef int cbp_affine_f32(const float* x, float* out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                        const double* mean, const double* a, const double* bias,
-                        int num_threads) noexcept nogil:
-    return _affine(x, out, N, C, S, mean, a, bias, num_threads)
-
-
-cdef int cbp_affine_f64(const double* x, double* out, Py_ssize_t N, Py_ssize_t C,
-                        Py_ssize_t S, const double* mean, const double* a, const double* bias,
-                        int num_threads) noexcept nogil:
-    return _affine(x, out, N, C, S, mean, a, bias, num_threads)
+include "_public_api.pxi"
 
 
 include "_entry_points.pxi"

@@ -43,10 +43,12 @@ extern const cbp_kernels_f64 *cbp_active_f64;
 #define cbp_run_sweep(x, ...) (CBP_TABLE_OF(x)->run_sweep((x), __VA_ARGS__))
 #define cbp_run_sweep_nt(x, ...) (CBP_TABLE_OF(x)->run_sweep_nt((x), __VA_ARGS__))
 
-/* Instruction sets (dispatch.c). Names, best first, of those compiled in and
-   supported by this CPU; the best one is active until cbp_isa_select. */
+/* Instruction sets (dispatch.c). Names, widest first, of those compiled in
+   and supported by this CPU; the baseline is active until cbp_isa_select,
+   and cbp_isa_default() names the one cbp selects at import. */
 int cbp_isa_count(void);
 const char *cbp_isa_name(int i);
+const char *cbp_isa_default(void);
 const char *cbp_isa_active(void);
 /* 0: selected; -1: no such instruction set in this build; -2: compiled in,
    but this CPU (or its operating system) does not support it. */
