@@ -69,7 +69,7 @@ static double bench_rows_backprop(const float *x, const float *dy, ptrdiff_t n, 
         for (ptrdiff_t j = 0; j < 3 * W; j++)
             acc[j] = 0;
         for (ptrdiff_t i = 0; i < rows; i++)
-            cbp_rows_backprop(x + i * W, dy + i * W, 1, W, acc + 2 * W, acc, acc + W, W);
+            cbp_row_backprop(x + i * W, dy + i * W, acc + 2 * W, acc, acc + W, W);
         double t = now() - t0;
         sink = acc[0];
         if (t < best)
@@ -122,7 +122,7 @@ int main(int argc, char **argv)
     for (ptrdiff_t j = 0; j < 4 * W; j++)
         coef[j] = 0.25f + 0.001f * (float)(j % 97);
     printf("%-8s %-10s %14s %16s %16s %14s %14s\n", "isa", "array", "plane_moments",
-           "plane_backprop", "rows_backprop", "rows_sweep", "rows_sweep_nt");
+           "plane_backprop", "row_backprop", "rows_sweep", "rows_sweep_nt");
     for (int i = 0; i < cbp_isa_count(); i++) {
         cbp_isa_select(cbp_isa_name(i));
         for (int k = 0; k < 2; k++) {

@@ -37,14 +37,17 @@ cdef extern from "cbp_kernels.h" nogil:
     void plane_moments "cbp_plane_moments"(const void* x, Py_ssize_t S, double* count,
                                            double* mean, double* m2) noexcept
     # rows into per-column accumulators (csrc/column_reduce.h)
-    void rows_backprop "cbp_rows_backprop"(const void* x, const void* dy, int rows,
-                                           Py_ssize_t st, const void* mh, void* a, void* b,
-                                           Py_ssize_t m) noexcept
-    void rows_sum "cbp_rows_sum"(const void* x, int rows, Py_ssize_t st, void* a,
-                                 Py_ssize_t m) noexcept
-    void rows_shifted "cbp_rows_shifted"(const void* x, int rows, Py_ssize_t st,
-                                         const void* shift, void* a, void* b,
-                                         Py_ssize_t m) noexcept
+    void row_backprop "cbp_row_backprop"(const void* x, const void* dy, const void* mh,
+                                         void* a, void* b, Py_ssize_t m) noexcept
+    void rows4_backprop "cbp_rows4_backprop"(const void* x, const void* dy, Py_ssize_t st,
+                                             const void* mh, void* a, void* b,
+                                             Py_ssize_t m) noexcept
+    void row_sum "cbp_row_sum"(const void* x, void* a, Py_ssize_t m) noexcept
+    void rows4_sum "cbp_rows4_sum"(const void* x, Py_ssize_t st, void* a, Py_ssize_t m) noexcept
+    void row_shifted "cbp_row_shifted"(const void* x, const void* shift, void* a, void* b,
+                                       Py_ssize_t m) noexcept
+    void rows4_shifted "cbp_rows4_shifted"(const void* x, Py_ssize_t st, const void* shift,
+                                           void* a, void* b, Py_ssize_t m) noexcept
     void merge_block "cbp_merge_block"(const void* a, const void* b, const void* shift,
                                        double* mean, double* m2, Py_ssize_t m, double n_a,
                                        double nb) noexcept

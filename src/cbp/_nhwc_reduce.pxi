@@ -12,8 +12,36 @@
 # added four at a time where that measured faster, so each accumulator is
 # loaded and stored once per four rows.
 
-# The row loops are C: rows_backprop, rows_sum, rows_shifted, merge_block and
-# block_shift in csrc/column_reduce.h.
+# The row loops are C: row_backprop, row_sum, row_shifted, their four-row
+# twins, merge_block and block_shift in csrc/column_reduce.h.
+
+
+# rows_*(..., rows, stride, ...): add `rows` (1 or 4) rows into the accumulators.
+
+cdef inline void rows_backprop(const floating* x, const floating* dy, Py_ssize_t rows,
+                               Py_ssize_t st, const floating* mh, floating* a, floating* b,
+                               Py_ssize_t m) noexcept nogil:
+    if rows == 4:
+        rows4_backprop(x, dy, st, mh, a, b, m)
+    else:
+        row_backprop(x, dy, mh, a, b, m)
+
+
+cdef inline void rows_sum(const floating* x, Py_ssize_t rows, Py_ssize_t st, floating* a,
+                          Py_ssize_t m) noexcept nogil:
+    if rows == 4:
+        rows4_sum(x, st, a, m)
+    else:
+        row_sum(x, a, m)
+
+
+cdef inline void rows_shifted(const floating* x, Py_ssize_t rows, Py_ssize_t st,
+                              const floating* shift, floating* a, floating* b,
+                              Py_ssize_t m) noexcept nogil:
+    if rows == 4:
+        rows4_shifted(x, st, shift, a, b, m)
+    else:
+        row_shifted(x, shift, a, b, m)
 
 
 cdef inline Py_ssize_t rows_step(Py_ssize_t i, Py_ssize_t i_end, Py_ssize_t full) noexcept nogil:

@@ -12,13 +12,15 @@ typedef struct {
     void (*plane_moments)(const T *x, ptrdiff_t S, double *count, double *mean,
                           double *m2);
 
-    /* Rows into per-column accumulators (column_reduce.h): `rows` (1 or 4)
-       rows, st apart, of m elements. */
-    void (*rows_backprop)(const T *x, const T *dy, int rows, ptrdiff_t st, const T *mh,
-                          T *a, T *b, ptrdiff_t m);
-    void (*rows_sum)(const T *x, int rows, ptrdiff_t st, T *a, ptrdiff_t m);
-    void (*rows_shifted)(const T *x, int rows, ptrdiff_t st, const T *shift, T *a, T *b,
-                         ptrdiff_t m);
+    /* Rows into per-column accumulators (column_reduce.h): one row of m
+       elements, or four rows st apart (rows4_). */
+    void (*row_backprop)(const T *x, const T *dy, const T *mh, T *a, T *b, ptrdiff_t m);
+    void (*rows4_backprop)(const T *x, const T *dy, ptrdiff_t st, const T *mh, T *a, T *b,
+                           ptrdiff_t m);
+    void (*row_sum)(const T *x, T *a, ptrdiff_t m);
+    void (*rows4_sum)(const T *x, ptrdiff_t st, T *a, ptrdiff_t m);
+    void (*row_shifted)(const T *x, const T *shift, T *a, T *b, ptrdiff_t m);
+    void (*rows4_shifted)(const T *x, ptrdiff_t st, const T *shift, T *a, T *b, ptrdiff_t m);
     /* A block of nb rows of shifted sums into the running per-column (mean,
        M2) of n_a earlier rows; the block's shift from its first pass. */
     void (*merge_block)(const T *a, const T *b, const T *shift, double *mean, double *m2,

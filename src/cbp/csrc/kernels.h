@@ -14,8 +14,21 @@
 #include "column_reduce.h"
 #include "sweep.h"
 
+/* Designated: several kernels share a signature, so a positional list could
+   swap two of them without a compiler warning. */
 const CBP_KERNELS CBP_TABLE = {
-    plane_backprop, plane_moments,
-    rows_backprop, rows_sum, rows_shifted, merge_block, block_shift,
-    rows_sweep, rows_sweep_nt, run_sweep, run_sweep_nt,
+    .plane_backprop = plane_backprop,
+    .plane_moments = plane_moments,
+    .row_backprop = row_backprop,
+    .rows4_backprop = rows4_backprop,
+    .row_sum = row_sum,
+    .rows4_sum = rows4_sum,
+    .row_shifted = row_shifted,
+    .rows4_shifted = rows4_shifted,
+    .merge_block = merge_block,
+    .block_shift = block_shift,
+    .rows_sweep = rows_sweep,
+    .rows_sweep_nt = rows_sweep_nt,
+    .run_sweep = run_sweep,
+    .run_sweep_nt = run_sweep_nt,
 };
