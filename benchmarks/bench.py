@@ -146,8 +146,8 @@ def build_info():
     """Which compiled kernels ran: extension path and mtime, git commit of the tree."""
     info = {}
     try:
-        from cbp import _kernels
-        path = _kernels.__file__
+        from cbp import cython_api
+        path = cython_api.__file__
         info["extension"] = path
         info["extension_mtime"] = datetime.datetime.fromtimestamp(
             os.path.getmtime(path)).isoformat(timespec="seconds")

@@ -68,7 +68,7 @@ cdef extern from "cbp_kernels.h" nogil:
                                          const void* a, const void* b,
                                          const void* k) noexcept
 
-    # helpers (csrc/common.c)
+    # helpers (csrc/cbp_common.h)
     void* cbp_place(void* raw, const void* anchor, int slot) noexcept
     void merge_into "cbp_merge_into"(double* mean, double* m2, Py_ssize_t sd,
                                      const double* bmean, const double* bm2, Py_ssize_t ss,

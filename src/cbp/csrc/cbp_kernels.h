@@ -60,25 +60,8 @@ int cbp_isa_select(const char *name);
 int cbp_isa_compiled_count(void);
 const char *cbp_isa_compiled_name(int i);
 
-/* Helpers called by the drivers directly (common.c). */
-
-/* Scratch rows that are stored to inside a loop over rows of x are placed at
-   CBP_SCRATCH_OFFSET + CBP_SCRATCH_SLOT * slot (mod 4096) from a row of x:
-   for row strides that are multiples of 1 KiB (C = 256, 1024, 2048 float32)
-   an accumulator and the row being read could otherwise share their address
-   bits 11:0, and every load would wait on an unrelated store (4K aliasing).
-   Returns the first address >= raw with that residue; raw must have 4096
-   spare bytes. */
-void *cbp_place(void *raw, const void *anchor, int slot);
-
-/* Chan's merge for m values at once that share the counts n_a, n_b
-   (channels of one unit, columns of one block): no division per value, and
-   for each value the same operations as cbp_chan_merge. mean and m2 step by
-   sd, bmean and bm2 by ss; mean and m2 start at 0 for n_a == 0. */
-void cbp_merge_into(double *mean, double *m2, ptrdiff_t sd, const double *bmean,
-                    const double *bm2, ptrdiff_t ss, ptrdiff_t m, double n_a, double n_b);
-
-/* Make this thread's streaming stores visible before it signals others. */
-void cbp_store_fence(void);
+/* The drivers also call cbp_place, cbp_merge_into and cbp_store_fence
+   (cbp_common.h) directly: inline there, so that the drivers' constant
+   strides reach the merge loop. */
 
 #endif
