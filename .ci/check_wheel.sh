@@ -77,7 +77,8 @@ missing = [n for n in need if n not in names]
 assert not missing, missing
 gomp = [n for n in names if n.startswith("cbp.libs/libgomp")]
 assert gomp, "libgomp not vendored"
-assert not [n for n in names if n.endswith((".c", ".h", ".pyx", ".pxi"))], "sources in the wheel"
+src = [n for n in names if n.endswith((".c", ".h", ".pyx", ".pxi", ".tp")) or "/csrc/" in n]
+assert not src, f"sources in the wheel: {src}"
 print("wheel contents ok; vendored:", ", ".join(gomp))
 PY
 ls -l "$REPAIRED"
