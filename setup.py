@@ -14,8 +14,11 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 
+OPENMP = os.environ.get("CBP_OPENMP", "1") != "0"
+
+
 def _openmp_flags():
-    if os.environ.get("CBP_OPENMP", "1") == "0":
+    if not OPENMP:
         # Serial, but the kernels' `omp simd` loops still vectorize.
         if sys.platform == "win32":
             return [], []
@@ -121,7 +124,7 @@ class BuildExtCheckingOpenMP(build_ext):
     """build_ext that refuses to produce a serial build by accident."""
 
     def build_extensions(self):
-        if omp_compile:
+        if OPENMP:
             error = _probe_openmp(self.compiler)
             if error is not None:
                 raise RuntimeError(
