@@ -408,3 +408,71 @@ def test_show_config_prints_by_default(capsys):
     for key in ("openmp", "compiler"):
         assert key in out.lower()
     assert str(cfg["default_num_threads"]) in out
+
+
+# ---------------------------------------------------------------------------
+# num_threads above the cap, masked arrays, ndarray subclasses as out
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("bad", ["cap+1", 10000, 2**31, 2**63, 2**80])
+def test_num_threads_above_the_cap(name, bad):
+    # a ValueError naming num_threads, never an OverflowError or 10000 OS threads
+    cap = cbp.show_config(print_out=False)["max_num_threads"]
+    assert cap >= 64
+    a = _good()
+    _check_valid_first(name, a, num_threads=cap)
+    with pytest.raises(ValueError, match=_named("num_threads")):
+        call(name, a, num_threads=cap + 1 if bad == "cap+1" else bad)
+
+
+def test_plan_info_describes_teams_above_the_cap():
+    cap = cbp.show_config(print_out=False)["max_num_threads"]
+    info = cbp.plan_info((32, 64, 56, 56), num_threads=4 * cap)
+    assert info["threads"] == 4 * cap and len(info["thread_elements"]) == 4 * cap
+    with pytest.raises(ValueError, match=_named("num_threads")):
+        cbp.plan_info((32, 64, 56, 56), num_threads=2**31)
+
+
+def _masked(a):
+    return np.ma.masked_array(a, mask=np.zeros(np.shape(a), dtype=bool))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_masked_arrays_are_refused(name):
+    # np.asarray would drop the mask: cbp would use masked values silently
+    for arg in ["x"] + (["dy"] if name in WITH_DY else []) + VEC_ARGS[name]:
+        a = _good()
+        _check_valid_first(name, a)
+        a[arg] = _masked(a[arg])
+        with pytest.raises(TypeError, match=_named(arg) + ".*MaskedArray"):
+            call(name, a)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix itself
+@pytest.mark.parametrize("name", WITH_OUT)
+@pytest.mark.parametrize("kind", ["matrix", "masked"])
+def test_out_subclasses_refused(name, kind):
+    a = _good()
+    x2 = np.ascontiguousarray(a["x"].reshape(2, -1)[:, :C])  # a 2-D (N, C) input
+    a = dict(a, x=x2, dy=np.ones_like(x2))
+    out = np.matrix(np.zeros_like(x2)) if kind == "matrix" else _masked(np.zeros_like(x2))
+    _check_valid_first(name, a, out=np.zeros_like(x2))
+    with pytest.raises(TypeError, match=_named("out")):
+        call(name, a, out=out)
+
+
+@pytest.mark.parametrize("args,exc,arg", [
+    ((1, [0.0], [np.nan]), ValueError, "m2"),
+    ((1, [0.0], [np.inf]), ValueError, "m2"),
+    ((1, [np.nan], [0.0]), ValueError, "mean"),
+    ((1, [-np.inf], [0.0]), ValueError, "mean"),
+    ((3, "abc", [1.0]), TypeError, "mean"),
+    ((3, [1.0], "abc"), TypeError, "m2"),
+    ((3, [1.0 + 1j], [1.0]), TypeError, "mean"),
+    ((3, np.ma.masked_array([1.0]), [1.0]), TypeError, "mean"),
+])
+def test_channel_stats_constructor_checks(args, exc, arg):
+    cbp.ChannelStats(3, [1.0], [2.0])  # the valid form
+    with pytest.raises(exc, match=_named(arg)):
+        cbp.ChannelStats(*args)

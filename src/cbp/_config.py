@@ -70,7 +70,8 @@ def show_config(*, print_out: bool = True) -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "openmp": _kernels.openmp_enabled(),
-        "default_num_threads": _kernels.max_threads(),
+        "default_num_threads": v.resolve_threads(None),
+        "max_num_threads": v.MAX_THREADS,
         "isa": cython_api.isa(),
         "isa_available": cython_api.isa_available(),
         "isa_default": cython_api.isa_default(),
@@ -96,7 +97,9 @@ def plan_info(shape, *, dtype="float32", layout="NCHW", op="batch_norm_backward"
       ``reduction`` and ``sweep`` name both parts (None where absent).
     - ``units``, ``unit_elements``: the work units, fixed by the shape (never by
       the thread count), and the x elements each reads.
-    - ``threads``: the team the call would use; ``thread_elements``: per thread,
+    - ``threads``: the team the call would use (any ``num_threads`` up to 65536
+      is described, also above what a call on this machine accepts);
+      ``thread_elements``: per thread,
       the x elements it reads in the reductions (in the sweep where there is no
       reduction) under OpenMP's static schedule. mean / max of it is the balance.
     - ``cache_block_bytes``: the fused NCHW passes' block size (the kernel name
@@ -126,7 +129,8 @@ def plan_info(shape, *, dtype="float32", layout="NCHW", op="batch_norm_backward"
         N, C, S = shp[0], shp[1], math.prod(shp[2:])
     else:
         N, C, S = math.prod(shp[:-1]), shp[-1], 1
-    nt = v.resolve_threads(num_threads)
+    nt = v.resolve_threads(num_threads, limit=v.MAX_PLAN_THREADS,
+                           why="the largest team plan_info describes")
     if C == 0 or N * S == 0:
         threads = 1 if cython_api.in_forked_child() else nt
         info = {"op": op, "threads": threads, "cache_block_bytes": _kernels.cache_block_bytes(),

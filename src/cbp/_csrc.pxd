@@ -88,6 +88,7 @@ cdef extern from "cbp_kernels.h" nogil:
 cdef extern from "cbp_runtime.h" nogil:
     int cbp_have_openmp() noexcept
     int cbp_omp_max_threads() noexcept
+    int cbp_omp_thread_limit() noexcept
     int cbp_install_fork_guard() noexcept
     int cbp_forked_child() noexcept
     const char* cbp_openmp_library() noexcept

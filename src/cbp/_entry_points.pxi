@@ -38,6 +38,11 @@ def max_threads():
     return cbp_max_threads()
 
 
+def thread_limit():
+    """OpenMP's thread limit (OMP_THREAD_LIMIT), or 1 without OpenMP."""
+    return max(1, cbp_omp_thread_limit())
+
+
 def cache_block_bytes(value=None):
     """Get (and optionally set) the fused NCHW passes' cache block size in bytes."""
     global _cache_block_bytes

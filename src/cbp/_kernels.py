@@ -13,5 +13,6 @@ from .cython_api import (  # noqa: F401
     max_threads,
     moments,
     openmp_enabled,
+    thread_limit,
     vector_flags,
 )

@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 
-from ._validation import positive_scalar
+from ._validation import _first_bad, positive_scalar
 
 
 class _EitherMethod:
@@ -19,6 +19,17 @@ class _EitherMethod:
         if obj is None:
             return lambda *parts: self.func(cls, *parts)
         return lambda *parts: self.func(cls, obj, *parts)
+
+
+def _real_vector(value, name: str) -> np.ndarray:
+    """An owned float64 copy of a real array-like, or an error naming the argument."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a numpy.ma.MaskedArray; ChannelStats would ignore its mask")
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real array-like (one value per channel), got "
+                        f"{type(value).__name__} of dtype {arr.dtype}")
+    return np.array(arr, dtype=np.float64, copy=True)
 
 
 class ChannelStats:
@@ -45,14 +56,17 @@ class ChannelStats:
             raise TypeError(f"count must be an integer, got {type(count).__name__}")
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
-        mean = np.array(mean, dtype=np.float64, copy=True)
-        m2 = np.array(m2, dtype=np.float64, copy=True)
+        mean = _real_vector(mean, "mean")
+        m2 = _real_vector(m2, "m2")
         if mean.ndim != 1:
             raise ValueError(f"mean must be 1-D (one value per channel), got shape {mean.shape}")
         if m2.shape != mean.shape:
             raise ValueError(f"m2 must have the shape of mean {mean.shape}, got {m2.shape}")
-        if (m2 < 0).any():
-            raise ValueError("m2 must be >= 0")
+        if not np.isfinite(mean).all():
+            raise ValueError(f"mean must be finite, got {_first_bad(mean, ~np.isfinite(mean))}")
+        if not (np.isfinite(m2) & (m2 >= 0)).all():
+            raise ValueError(f"m2 must be finite and >= 0, got "
+                             f"{_first_bad(m2, ~(np.isfinite(m2) & (m2 >= 0)))}")
         if count == 0 and (mean.any() or m2.any()):
             raise ValueError("empty statistics (count 0) must have mean 0 and m2 0")
         self._store(count, mean, m2)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+
 import numpy as np
 
 from . import _kernels
@@ -34,10 +36,32 @@ def check_layout(layout) -> str:
     return layout
 
 
-def resolve_threads(num_threads) -> int:
-    """None: the OpenMP default (OMP_NUM_THREADS, threadpoolctl); n < 0: max + 1 + n."""
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# The most threads a call runs: 4x the CPUs this process may use, at least 64,
+# and no more than the OpenMP thread limit. More threads than that only
+# oversubscribe the cores (results are the same for every team size), and a
+# team of thousands of OS threads slows the whole process down afterwards.
+MAX_THREADS = max(1, min(max(64, 4 * _usable_cpus()), _kernels.thread_limit()))
+# plan_info describes a schedule for any team up to this size, on any machine.
+MAX_PLAN_THREADS = 65536
+
+
+_CALL_LIMIT = ("4x the CPUs this process may use, at least 64, within the OpenMP thread "
+               "limit: cbp.show_config()['max_num_threads']")
+
+
+def resolve_threads(num_threads, *, limit=None, why=_CALL_LIMIT) -> int:
+    """None: the OpenMP default (OMP_NUM_THREADS, threadpoolctl), at most MAX_THREADS;
+    n < 0: max + 1 + n; n > limit (default MAX_THREADS): ValueError saying `why`."""
+    limit = MAX_THREADS if limit is None else limit
     if num_threads is None:
-        return max(1, _kernels.max_threads())
+        return max(1, min(_kernels.max_threads(), limit))
     if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
         raise TypeError(f"num_threads must be an int or None, got {type(num_threads).__name__}")
     n = int(num_threads)
@@ -45,7 +69,16 @@ def resolve_threads(num_threads) -> int:
         raise ValueError("num_threads must not be 0 (use None for the OpenMP default)")
     if n < 0:
         n = max(1, _kernels.max_threads() + 1 + n)
+    if n > limit:
+        raise ValueError(f"num_threads must be at most {limit} ({why}), got {n}")
     return n
+
+
+def refuse_masked(arr, name: str) -> None:
+    """cbp has no notion of masked elements; np.asarray would silently drop the mask."""
+    if isinstance(arr, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a numpy.ma.MaskedArray; cbp would ignore its mask. Pass "
+                        f"{name}.filled(value) or an array of the unmasked elements instead")
 
 
 def check_activation_kind(arr, name: str, like=None) -> None:
@@ -69,6 +102,7 @@ def activation(x, name: str, layout: str, like: Canonical | None = None) -> Cano
     Arrays that are not C-contiguous are copied (np.ascontiguousarray); the
     kernels never read through strides.
     """
+    refuse_masked(x, name)
     arr = np.asarray(x)
     check_activation_kind(arr, name, None if like is None else like.array)
     arr = np.ascontiguousarray(arr)
@@ -104,6 +138,7 @@ def check_channel_kind(arr, name: str, channels: int) -> None:
 def channel_vector(v, name: str, channels: int, *, finite=False, positive=False,
                    nonnegative=False) -> np.ndarray:
     """A per-channel vector: 1-D, length C, real floating; returned as float64."""
+    refuse_masked(v, name)
     arr = np.asarray(v)
     check_channel_kind(arr, name, channels)
     arr = np.ascontiguousarray(arr, dtype=np.float64)
@@ -149,8 +184,10 @@ def output(out, x: Canonical, reads: tuple) -> Canonical:
     if out is None:
         arr = np.empty_like(ref, order="C")
         return Canonical(arr, arr.reshape(x.block.shape), x.channels, x.count)
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if not isinstance(out, np.ndarray) or isinstance(out, (np.matrix, np.ma.MaskedArray)):
+        # a matrix cannot take x's shape, a masked array's mask would be left stale
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__module__}."
+                        f"{type(out).__name__}")
     if out.dtype != ref.dtype:
         raise TypeError(f"out must have dtype {ref.dtype} (the dtype of x), got {out.dtype}")
     if out.shape != ref.shape:

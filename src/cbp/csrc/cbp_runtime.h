@@ -6,6 +6,8 @@
 int cbp_have_openmp(void);
 /* omp_get_max_threads(), or 1 without OpenMP. */
 int cbp_omp_max_threads(void);
+/* omp_get_thread_limit() (OMP_THREAD_LIMIT; INT_MAX when unset), or 1 without OpenMP. */
+int cbp_omp_thread_limit(void);
 
 /* GNU libgomp is not fork-safe: a forked child's first parallel region with
    more than one thread waits forever for the parent's pool threads. After

@@ -27,6 +27,15 @@ int cbp_omp_max_threads(void)
 #endif
 }
 
+int cbp_omp_thread_limit(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_limit();
+#else
+    return 1;
+#endif
+}
+
 /* LLVM's libomp and MSVC's vcomp survive fork; only libgomp needs the guard. */
 #if defined(_OPENMP) && defined(__GNUC__) && !defined(__clang__) && !defined(_WIN32)
 #include <pthread.h>
