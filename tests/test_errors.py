@@ -476,3 +476,70 @@ def test_channel_stats_constructor_checks(args, exc, arg):
     cbp.ChannelStats(3, [1.0], [2.0])  # the valid form
     with pytest.raises(exc, match=_named(arg)):
         cbp.ChannelStats(*args)
+
+
+# ---------------------------------------------------------------------------
+# misaligned arrays (valid NumPy views at an odd byte offset)
+# ---------------------------------------------------------------------------
+
+def _misaligned(a):
+    a = np.asarray(a)
+    raw = np.zeros(a.nbytes + 1, dtype=np.uint8)
+    view = raw[1:].view(a.dtype).reshape(a.shape)
+    view[...] = a
+    assert not view.flags.aligned
+    return view
+
+
+def _bits(res):
+    res = res if isinstance(res, tuple) else (res,)
+    return [np.asarray(getattr(r, "m2", r)).tobytes() for r in res]
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_misaligned_inputs_give_the_aligned_bits(name, dtype):
+    # copied to aligned memory, like strided inputs; the kernels never load a
+    # misaligned element
+    a = _good(dtype=dtype)
+    want = _bits(call(name, dict(a)))
+    for arg in ["x"] + (["dy"] if name in WITH_DY else []) + VEC_ARGS[name]:
+        b = dict(a)
+        b[arg] = _misaligned(a[arg])
+        assert _bits(call(name, b)) == want, arg
+
+
+@pytest.mark.parametrize("name", WITH_OUT)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_misaligned_out(name, dtype):
+    a = _good(dtype=dtype)
+    want = call(name, dict(a))
+    want0 = want[0] if isinstance(want, tuple) else want
+    out = _misaligned(np.zeros_like(a["x"]))
+    got = call(name, dict(a), out=out)
+    got0 = got[0] if isinstance(got, tuple) else got
+    assert got0 is out
+    assert out.tobytes() == want0.tobytes()
+    if name in ("batch_norm_backward", "batch_norm_dx"):
+        # in place into a misaligned dy
+        b = dict(a, dy=_misaligned(a["dy"]))
+        got = call(name, b, out=b["dy"])
+        assert b["dy"].tobytes() == want0.tobytes()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_kernels_only_see_aligned_arrays(name, monkeypatch):
+    # what reaches the compiled entry points is aligned, whatever the caller passed
+    seen = []
+    for entry in ("moments", "backprop_sums", "dx", "backward", "forward", "affine"):
+        real = getattr(cbp._kernels, entry)
+
+        def spy(*args, _real=real):
+            seen.extend(a for a in args if isinstance(a, np.ndarray))
+            return _real(*args)
+        monkeypatch.setattr(cbp._kernels, entry, spy)
+    a = _good(dtype=np.float32)
+    b = {k: _misaligned(v) for k, v in a.items()}
+    kw = {"out": _misaligned(np.zeros_like(a["x"]))} if name in WITH_OUT else {}
+    call(name, b, **kw)
+    assert seen and all(arr.flags.aligned for arr in seen)

@@ -73,7 +73,7 @@ def batch_norm_dx(x, dy, mean, inv_std, scale, dscale, dbias, count, *, layout="
     if xc.array.size:
         _kernels.dx(xc.block, dyc.block, mean, inv_std, scale, dscale, dbias, float(count),
                     res.block, nt)
-    return res.array
+    return res.result()
 
 
 def batch_norm_backward(x, dy, mean, inv_std, scale, *, layout="NCHW", out=None,
@@ -91,9 +91,9 @@ def batch_norm_backward(x, dy, mean, inv_std, scale, *, layout="NCHW", out=None,
     nt = v.resolve_threads(num_threads)
     res = v.output(out, xc, (xc.array, dyc.array))
     if xc.count == 0 or C == 0:
-        return res.array, np.zeros(C), np.zeros(C)
+        return res.result(), np.zeros(C), np.zeros(C)
     dscale, dbias = _kernels.backward(xc.block, dyc.block, mean, inv_std, scale, res.block, nt)
-    return res.array, dscale, dbias
+    return res.result(), dscale, dbias
 
 
 def batch_norm_forward(x, scale, bias, *, eps=1e-5, layout="NCHW", out=None,
@@ -113,9 +113,9 @@ def batch_norm_forward(x, scale, bias, *, eps=1e-5, layout="NCHW", out=None,
     nt = v.resolve_threads(num_threads)
     res = v.output(out, xc, (xc.array,))
     if xc.count == 0 or C == 0:
-        return res.array, np.zeros(C), np.full(C, 1.0 / np.sqrt(eps))
+        return res.result(), np.zeros(C), np.full(C, 1.0 / np.sqrt(eps))
     mean, _, inv_std = _kernels.forward(xc.block, scale, bias, eps, res.block, nt)
-    return res.array, mean, inv_std
+    return res.result(), mean, inv_std
 
 
 def batch_norm_inference(x, scale, bias, mean, var, *, eps=1e-5, layout="NCHW", out=None,
@@ -136,4 +136,4 @@ def batch_norm_inference(x, scale, bias, mean, var, *, eps=1e-5, layout="NCHW", 
     res = v.output(out, xc, (xc.array,))
     if xc.array.size:
         _kernels.affine(xc.block, mean, scale / np.sqrt(var + eps), bias, res.block, nt)
-    return res.array
+    return res.result()

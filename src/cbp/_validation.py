@@ -21,13 +21,22 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 class Canonical:
     """An activation-shaped array viewed as the (N, C, S) block the kernels take."""
 
-    __slots__ = ("array", "block", "channels", "count")
+    __slots__ = ("array", "block", "channels", "count", "target")
 
-    def __init__(self, array: np.ndarray, block: np.ndarray, channels: int, count: int):
-        self.array = array  # the C-contiguous array, in the caller's shape
+    def __init__(self, array: np.ndarray, block: np.ndarray, channels: int, count: int,
+                 target: np.ndarray | None = None):
+        self.array = array  # the C-contiguous, aligned array, in the caller's shape
         self.block = block  # (N, C, S) view of it; S == 1 for channels-last
         self.channels = channels
         self.count = count  # elements per channel
+        self.target = target  # a misaligned `out` that `array` is copied into at the end
+
+    def result(self) -> np.ndarray:
+        """The output array to return: `array`, or the caller's misaligned `out` filled from it."""
+        if self.target is None:
+            return self.array
+        self.target[...] = self.array
+        return self.target
 
 
 def check_layout(layout) -> str:
@@ -106,6 +115,9 @@ def activation(x, name: str, layout: str, like: Canonical | None = None) -> Cano
     arr = np.asarray(x)
     check_activation_kind(arr, name, None if like is None else like.array)
     arr = np.ascontiguousarray(arr)
+    if not arr.flags.aligned:
+        # the kernels load whole elements (a view at an odd byte offset is valid NumPy)
+        arr = arr.copy()
     if layout == "NCHW":
         n, c = arr.shape[0], arr.shape[1]
         s = math.prod(arr.shape[2:])
@@ -142,6 +154,8 @@ def channel_vector(v, name: str, channels: int, *, finite=False, positive=False,
     arr = np.asarray(v)
     check_channel_kind(arr, name, channels)
     arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if not arr.flags.aligned:
+        arr = arr.copy()
     if finite or positive or nonnegative:
         # one compiled pass; the precise messages only when something is wrong
         flags = _kernels.vector_flags(arr)
@@ -202,4 +216,8 @@ def output(out, x: Canonical, reads: tuple) -> Canonical:
                 and out.strides == arr.strides):
             raise ValueError("out partially overlaps an input; it may only be exactly "
                              "x or dy (in place) or a separate array")
+    if not out.flags.aligned:
+        # computed into aligned memory, then copied into out (Canonical.result)
+        arr = np.empty_like(ref, order="C")
+        return Canonical(arr, arr.reshape(x.block.shape), x.channels, x.count, target=out)
     return Canonical(out, out.reshape(x.block.shape), x.channels, x.count)
