@@ -83,9 +83,12 @@ def resolve_threads(num_threads, *, limit=None, why=_CALL_LIMIT) -> int:
     return n
 
 
+_MASKED = np.ma.MaskedArray
+
+
 def refuse_masked(arr, name: str) -> None:
     """cbp has no notion of masked elements; np.asarray would silently drop the mask."""
-    if isinstance(arr, np.ma.MaskedArray):
+    if isinstance(arr, _MASKED):
         raise TypeError(f"{name} is a numpy.ma.MaskedArray; cbp would ignore its mask. Pass "
                         f"{name}.filled(value) or an array of the unmasked elements instead")
 
@@ -111,7 +114,8 @@ def activation(x, name: str, layout: str, like: Canonical | None = None) -> Cano
     Arrays that are not C-contiguous are copied (np.ascontiguousarray); the
     kernels never read through strides.
     """
-    refuse_masked(x, name)
+    if type(x) is not np.ndarray:
+        refuse_masked(x, name)
     arr = np.asarray(x)
     check_activation_kind(arr, name, None if like is None else like.array)
     arr = np.ascontiguousarray(arr)
@@ -150,7 +154,8 @@ def check_channel_kind(arr, name: str, channels: int) -> None:
 def channel_vector(v, name: str, channels: int, *, finite=False, positive=False,
                    nonnegative=False) -> np.ndarray:
     """A per-channel vector: 1-D, length C, real floating; returned as float64."""
-    refuse_masked(v, name)
+    if type(v) is not np.ndarray:
+        refuse_masked(v, name)
     arr = np.asarray(v)
     check_channel_kind(arr, name, channels)
     arr = np.ascontiguousarray(arr, dtype=np.float64)
@@ -198,7 +203,8 @@ def output(out, x: Canonical, reads: tuple) -> Canonical:
     if out is None:
         arr = np.empty_like(ref, order="C")
         return Canonical(arr, arr.reshape(x.block.shape), x.channels, x.count)
-    if not isinstance(out, np.ndarray) or isinstance(out, (np.matrix, np.ma.MaskedArray)):
+    if type(out) is not np.ndarray and (not isinstance(out, np.ndarray)
+                                         or isinstance(out, (np.matrix, _MASKED))):
         # a matrix cannot take x's shape, a masked array's mask would be left stale
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__module__}."
                         f"{type(out).__name__}")
