@@ -67,8 +67,25 @@ cdef extern from "cbp_kernels.h" nogil:
                                          Py_ssize_t nc, Py_ssize_t S, const void* mh,
                                          const void* a, const void* b,
                                          const void* k) noexcept
+    # float64 arithmetic for float32 data out of range (csrc/wide.h)
+    void wide_sums "cbp_wide_sums"(const void* x, const void* dy, Py_ssize_t n, Py_ssize_t st,
+                                   double m, double* sa, double* sb) noexcept
+    void wide_moments "cbp_wide_moments"(const void* x, Py_ssize_t n, Py_ssize_t st,
+                                         double* mean, double* m2) noexcept
+    void wide_rows_sweep "cbp_wide_rows_sweep"(const void* x, const void* dy, void* out,
+                                               Py_ssize_t m, const double* mh, const double* a,
+                                               const double* b, const double* k) noexcept
+    void wide_run_sweep "cbp_wide_run_sweep"(const void* x, const void* dy, void* out,
+                                             Py_ssize_t nc, Py_ssize_t S, const double* mh,
+                                             const double* a, const double* b,
+                                             const double* k) noexcept
 
     # helpers (csrc/cbp_common.h)
+    bint cbp_f32_sum_ok(double s) noexcept
+    bint cbp_f32_total_ok(double s) noexcept
+    bint cbp_f32_coef_ok(double c) noexcept
+    void chan_merge "cbp_chan_merge"(double* n_a, double* mean_a, double* m2_a, double n_b,
+                                     double mean_b, double m2_b) noexcept
     void* cbp_place(void* raw, const void* anchor, int slot) noexcept
     void merge_into "cbp_merge_into"(double* mean, double* m2, Py_ssize_t sd,
                                      const double* bmean, const double* bm2, Py_ssize_t ss,

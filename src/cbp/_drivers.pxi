@@ -17,32 +17,92 @@
 cdef inline void finish_backprop(Py_ssize_t c, double sdy, double sdyxc, const double* mean,
                                  const floating* mh, const double* inv_std, double* dscale,
                                  double* dbias) noexcept nogil:
-    # sums were taken about mean_hi; shift them to the exact mean
-    dbias[c] = sdy
-    dscale[c] = (sdyxc - (mean[c] - <double>mh[c]) * sdy) * inv_std[c]
+    # sums were taken about mean_hi; shift them to the exact mean. A result
+    # that is not finite (NaN or Inf in the channel's data) is NaN.
+    cdef double ds = (sdyxc - (mean[c] - <double>mh[c]) * sdy) * inv_std[c]
+    dbias[c] = sdy if isfinite(sdy) else NAN
+    dscale[c] = ds if isfinite(ds) else NAN
 
 
-cdef inline void set_dx_coef(Py_ssize_t c, Py_ssize_t C, const double* mean,
+cdef inline void finish_moments(double* mean, double* m2, Py_ssize_t c0,
+                                Py_ssize_t c1) noexcept nogil:
+    # NaN or Inf in a channel's data: its mean and M2 are both NaN
+    cdef Py_ssize_t c
+    for c in range(c0, c1):
+        if not (isfinite(mean[c]) and isfinite(m2[c])):
+            mean[c] = NAN
+            m2[c] = NAN
+
+
+# F32_COEF_MAX: magnitudes of float32 sweep terms and coefficients must stay
+# below it (room for the rounding and the additions of one element).
+DEF F32_COEF_MAX = 8.507059173023462e+37  # 2^126
+
+
+cdef inline void put_mean_hi(floating* dst, double m) noexcept nogil:
+    # *dst := the mean rounded to the input type, kept finite: a float64 mean
+    # beyond float32's range is clamped, and the rest (mean - mean_hi) applied
+    # in float64 as for any mean
+    if floating is float:
+        if m > FLT_MAX:
+            m = FLT_MAX
+        elif m < -FLT_MAX:
+            m = -FLT_MAX
+    dst[0] = <floating>m
+
+
+cdef inline bint set_dx_coef(Py_ssize_t c, Py_ssize_t C, const double* mean,
                              const double* inv_std, const double* scale, const double* dscale,
-                             const double* dbias, double count, floating* coef) noexcept nogil:
-    # dx = scale*inv_std*(dy - dbias/M - (x - mean)*inv_std*dscale/M)
+                             const double* dbias, double count, floating* coef,
+                             double* wcoef) noexcept nogil:
+    # dx = scale*inv_std*(dy - dbias/M - (x - mean)*inv_std*dscale/M), as
+    # coef (mean_hi, a, b, k) in the input type and, for float32, wcoef
+    # (mean, a, b, k) in float64. Returns True when the float32 coefficients
+    # are not exact enough (csrc/wide.h): the channel is then swept from wcoef.
     cdef double a = scale[c] * inv_std[c]
     cdef double b = -a * inv_std[c] * (dscale[c] / count)
-    cdef floating mh = <floating>mean[c]
-    coef[c] = mh
+    cdef double k0 = -a * (dbias[c] / count)
+    cdef double k
+    put_mean_hi(coef + c, mean[c])
+    k = k0 - b * (mean[c] - <double>coef[c])
     coef[C + c] = <floating>a
     coef[2 * C + c] = <floating>b
-    coef[3 * C + c] = <floating>(-a * (dbias[c] / count) - b * (mean[c] - <double>mh))
+    coef[3 * C + c] = <floating>k
+    if floating is float:
+        wcoef[c] = mean[c]
+        wcoef[C + c] = a
+        wcoef[2 * C + c] = b
+        wcoef[3 * C + c] = k0
+        return not (cbp_f32_coef_ok(a) and cbp_f32_coef_ok(b) and fabs(k) <= F32_COEF_MAX
+                    and fabs(mean[c]) <= FLT_MAX)
+    else:
+        return False
 
 
-cdef inline void set_affine_coef(Py_ssize_t c, Py_ssize_t C, double mean, double a,
-                                 double bias, floating* coef) noexcept nogil:
-    # y = a * (x - mean) + bias
-    cdef floating mh = <floating>mean
-    coef[c] = mh
+cdef inline bint set_affine_coef(Py_ssize_t c, Py_ssize_t C, double mean, double a,
+                                 double bias, double spread, floating* coef,
+                                 double* wcoef) noexcept nogil:
+    # y = a * (x - mean) + bias, as set_dx_coef. spread >= 0 bounds |x - mean|
+    # over the channel (sqrt(M2) for the batch's own statistics; < 0: unknown):
+    # then a float32 (x - mean_hi) or a * (x - mean_hi) that could overflow
+    # also sends the channel to float64.
+    cdef double k, d
+    put_mean_hi(coef + c, mean)
+    k = bias - a * (mean - <double>coef[c])
+    d = spread + fabs(mean - <double>coef[c])
     coef[C + c] = <floating>a
     coef[2 * C + c] = 0
-    coef[3 * C + c] = <floating>(bias - a * (mean - <double>mh))
+    coef[3 * C + c] = <floating>k
+    if floating is float:
+        wcoef[c] = mean
+        wcoef[C + c] = a
+        wcoef[2 * C + c] = 0.0
+        wcoef[3 * C + c] = bias
+        return not (cbp_f32_coef_ok(a) and fabs(k) <= F32_COEF_MAX and fabs(mean) <= FLT_MAX
+                    and (spread < 0 or (d <= F32_COEF_MAX
+                                        and fabs(a) * d + fabs(k) <= F32_COEF_MAX)))
+    else:
+        return False
 
 
 cdef void tile_coef(const floating* coef, Py_ssize_t C, Py_ssize_t k,
@@ -73,6 +133,62 @@ cdef void sum_parts(const double* part, Py_ssize_t nparts, Py_ssize_t C, Py_ssiz
 # ---------------------------------------------------------------------------
 # drivers
 
+cdef struct WideCoef:
+    # The float64 side of a float32 sweep (set_dx_coef): coef [4, C] float64
+    # coefficients, flag [C] the channels swept from them, any: some are;
+    # coef_w [4, k * C] tiled (rows), when any.
+    double* coef
+    char* flag
+    double* coef_w
+    bint any
+
+
+cdef int wide_alloc(WideCoef* w, Py_ssize_t C, Py_ssize_t k, bint rows) noexcept nogil:
+    w.coef = <double*>malloc(4 * C * sizeof(double))
+    w.flag = <char*>malloc(C)
+    w.coef_w = <double*>malloc(4 * k * C * sizeof(double)) if rows else NULL
+    w.any = False
+    if w.coef == NULL or w.flag == NULL or (rows and w.coef_w == NULL):
+        return -1
+    return 0
+
+
+cdef void wide_free(WideCoef* w) noexcept nogil:
+    free(w.coef)
+    free(w.flag)
+    free(w.coef_w)
+
+
+cdef inline void wide_mark(WideCoef* w, Py_ssize_t c, bint flagged) noexcept nogil:
+    w.flag[c] = flagged
+    if flagged:
+        w.any = True
+
+
+cdef int nchw_sweep_w(const floating* x, const floating* dy, floating* out, Py_ssize_t N,
+                      Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t cb0, Py_ssize_t cb1,
+                      const floating* coef, WideCoef* w, int nthreads) noexcept nogil:
+    if floating is float:
+        if w.any:
+            return nchw_sweep(x, dy, out, N, C, S, p, cb0, cb1, coef, w.coef, w.flag, nthreads)
+    return nchw_sweep(x, dy, out, N, C, S, p, cb0, cb1, coef, NULL, NULL, nthreads)
+
+
+cdef void nhwc_sweep_w(const floating* x, const floating* dy, floating* out, Py_ssize_t R,
+                       Py_ssize_t C, const floating* coef, floating* coef_w, WideCoef* w,
+                       int nthreads) noexcept nogil:
+    # coef [4, C] tiled into coef_w; with any channel flagged, every row is
+    # swept from the tiled float64 coefficients
+    cdef Py_ssize_t k = column_widen(C)
+    tile_coef(coef, C, k, coef_w)
+    if floating is float:
+        if w.any:
+            tile_coef(<const double*>w.coef, C, k, w.coef_w)
+            nhwc_sweep(x, dy, out, R, C, coef_w, w.coef_w, nthreads)
+            return
+    nhwc_sweep(x, dy, out, R, C, coef_w, NULL, nthreads)
+
+
 cdef int backward_driver(const floating* x, const floating* dy, floating* out,
                          Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, const double* mean,
                          const double* inv_std, const double* scale, double count,
@@ -84,6 +200,7 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
     cdef double* part
     cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
     cdef floating* coef_w = NULL
+    cdef WideCoef w
     cdef int rc = 0
     if S > 1:
         p = backprop_plan(N, C, S, sizeof(floating), out != NULL, cache_bytes)
@@ -92,13 +209,15 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
         nparts = column_units(N)
         coef_w = <floating*>malloc(4 * k * C * sizeof(floating))
     part = <double*>malloc(2 * nparts * C * sizeof(double))
-    if coef == NULL or part == NULL or (S == 1 and coef_w == NULL):
+    rc = wide_alloc(&w, C, k, S == 1)
+    if coef == NULL or part == NULL or (S == 1 and coef_w == NULL) or rc != 0:
         free(coef)
         free(coef_w)
         free(part)
+        wide_free(&w)
         return -1
     for c in range(C):
-        coef[c] = <floating>mean[c]
+        put_mean_hi(coef + c, mean[c])
     if S > 1:
         # Cache blocking: reduce a block of channels, then sweep its dX while
         # its x and dy are still in L3.
@@ -117,8 +236,9 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
                 finish_backprop(c, dbias[c], dscale[c], mean, coef, inv_std, dscale, dbias)
             if out != NULL:
                 for c in range(c0, c1):
-                    set_dx_coef(c, C, mean, inv_std, scale, dscale, dbias, count, coef)
-                rc = nchw_sweep(x, dy, out, N, C, S, p, cb0, cb1, coef, nthreads)
+                    wide_mark(&w, c, set_dx_coef(c, C, mean, inv_std, scale, dscale, dbias,
+                                                 count, coef, w.coef))
+                rc = nchw_sweep_w(x, dy, out, N, C, S, p, cb0, cb1, coef, &w, nthreads)
                 if rc != 0:
                     break
             cb0 = cb1
@@ -131,17 +251,18 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
                 finish_backprop(c, dbias[c], dscale[c], mean, coef, inv_std, dscale, dbias)
             if out != NULL:
                 for c in range(C):
-                    set_dx_coef(c, C, mean, inv_std, scale, dscale, dbias, count, coef)
-                tile_coef(coef, C, k, coef_w)
-                nhwc_sweep(x, dy, out, N, C, coef_w, nthreads)
+                    wide_mark(&w, c, set_dx_coef(c, C, mean, inv_std, scale, dscale, dbias,
+                                                 count, coef, w.coef))
+                nhwc_sweep_w(x, dy, out, N, C, coef, coef_w, &w, nthreads)
     free(coef)
     free(coef_w)
     free(part)
+    wide_free(&w)
     return rc
 
 
 cdef int sweep_driver(const floating* x, const floating* dy, floating* out, Py_ssize_t N,
-                      Py_ssize_t C, Py_ssize_t S, const floating* coef,
+                      Py_ssize_t C, Py_ssize_t S, const floating* coef, WideCoef* w,
                       int nthreads) noexcept nogil:
     """One sweep over the whole block from per-channel coefficients (dy == NULL: affine)."""
     cdef Py_ssize_t k = column_widen(C)
@@ -149,12 +270,11 @@ cdef int sweep_driver(const floating* x, const floating* dy, floating* out, Py_s
     cdef PlanePlan p
     if S > 1:
         p = sweep_plan(N, C, S)
-        return nchw_sweep(x, dy, out, N, C, S, p, 0, p.ncb, coef, nthreads)
+        return nchw_sweep_w(x, dy, out, N, C, S, p, 0, p.ncb, coef, w, nthreads)
     coef_w = <floating*>malloc(4 * k * C * sizeof(floating))
     if coef_w == NULL:
         return -1
-    tile_coef(coef, C, k, coef_w)
-    nhwc_sweep(x, dy, out, N, C, coef_w, nthreads)
+    nhwc_sweep_w(x, dy, out, N, C, coef, coef_w, w, nthreads)
     free(coef_w)
     return 0
 
@@ -165,13 +285,18 @@ cdef int dx_driver(const floating* x, const floating* dy, floating* out, Py_ssiz
                    double count, int nthreads) noexcept nogil:
     cdef Py_ssize_t c
     cdef int rc
+    cdef WideCoef w
     cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
-    if coef == NULL:
+    if coef == NULL or wide_alloc(&w, C, column_widen(C), S == 1) != 0:
+        free(coef)
+        wide_free(&w)
         return -1
     for c in range(C):
-        set_dx_coef(c, C, mean, inv_std, scale, dscale, dbias, count, coef)
-    rc = sweep_driver(x, dy, out, N, C, S, coef, nthreads)
+        wide_mark(&w, c, set_dx_coef(c, C, mean, inv_std, scale, dscale, dbias, count, coef,
+                                     w.coef))
+    rc = sweep_driver(x, dy, out, N, C, S, coef, &w, nthreads)
     free(coef)
+    wide_free(&w)
     return rc
 
 
@@ -186,7 +311,11 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
     cdef double* part
     cdef floating* coef = NULL
     cdef floating* coef_w = NULL
+    cdef WideCoef w
     cdef int rc = 0
+    w.coef = NULL
+    w.flag = NULL
+    w.coef_w = NULL
     if S > 1:
         p = moments_plan(N, C, S, sizeof(floating), out != NULL, cache_bytes)
         nparts = p.ng
@@ -197,10 +326,12 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
         coef = <floating*>malloc(4 * C * sizeof(floating))
         if S == 1:
             coef_w = <floating*>malloc(4 * k * C * sizeof(floating))
-    if part == NULL or (out != NULL and (coef == NULL or (S == 1 and coef_w == NULL))):
+        rc = wide_alloc(&w, C, k, S == 1)
+    if part == NULL or rc != 0 or (out != NULL and (coef == NULL or (S == 1 and coef_w == NULL))):
         free(part)
         free(coef)
         free(coef_w)
+        wide_free(&w)
         return -1
     if S > 1:
         sb = p.sb
@@ -221,11 +352,14 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
                 merge_into(mean + c0, m2 + c0, 1, part + 2 * (g * C + c0),
                            part + 2 * (g * C + c0) + 1, 2, c1 - c0, cnt, gcnt)
                 cnt = cnt + gcnt
+            finish_moments(mean, m2, c0, c1)
             if out != NULL:
                 for c in range(c0, c1):
                     inv_std[c] = 1.0 / sqrt(m2[c] / <double>(N * S) + eps)
-                    set_affine_coef(c, C, mean[c], scale[c] * inv_std[c], bias[c], coef)
-                rc = nchw_sweep(x, <floating*>NULL, out, N, C, S, p, cb0, cb1, coef, nthreads)
+                    wide_mark(&w, c, set_affine_coef(c, C, mean[c], scale[c] * inv_std[c],
+                                                     bias[c], sqrt(m2[c]), coef, w.coef))
+                rc = nchw_sweep_w(x, <floating*>NULL, out, N, C, S, p, cb0, cb1, coef, &w,
+                                  nthreads)
                 if rc != 0:
                     break
             cb0 = cb1
@@ -240,15 +374,17 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
                 gcnt = <double>((g + 1) * N // nparts - g * N // nparts)
                 merge_into(mean, m2, 1, part + 2 * g * C, part + 2 * g * C + 1, 2, C, cnt, gcnt)
                 cnt = cnt + gcnt
+            finish_moments(mean, m2, 0, C)
             if out != NULL:
                 for c in range(C):
                     inv_std[c] = 1.0 / sqrt(m2[c] / <double>N + eps)
-                    set_affine_coef(c, C, mean[c], scale[c] * inv_std[c], bias[c], coef)
-                tile_coef(coef, C, k, coef_w)
-                nhwc_sweep(x, <floating*>NULL, out, N, C, coef_w, nthreads)
+                    wide_mark(&w, c, set_affine_coef(c, C, mean[c], scale[c] * inv_std[c],
+                                                     bias[c], sqrt(m2[c]), coef, w.coef))
+                nhwc_sweep_w(x, <floating*>NULL, out, N, C, coef, coef_w, &w, nthreads)
     free(part)
     free(coef)
     free(coef_w)
+    wide_free(&w)
     return rc
 
 
@@ -257,11 +393,15 @@ cdef int affine_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize_
                        int nthreads) noexcept nogil:
     cdef Py_ssize_t c
     cdef int rc
+    cdef WideCoef w
     cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
-    if coef == NULL:
+    if coef == NULL or wide_alloc(&w, C, column_widen(C), S == 1) != 0:
+        free(coef)
+        wide_free(&w)
         return -1
     for c in range(C):
-        set_affine_coef(c, C, mean[c], a[c], bias[c], coef)
-    rc = sweep_driver(x, <floating*>NULL, out, N, C, S, coef, nthreads)
+        wide_mark(&w, c, set_affine_coef(c, C, mean[c], a[c], bias[c], -1.0, coef, w.coef))
+    rc = sweep_driver(x, <floating*>NULL, out, N, C, S, coef, &w, nthreads)
     free(coef)
+    wide_free(&w)
     return rc

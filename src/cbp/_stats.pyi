@@ -15,6 +15,11 @@ class ChannelStats:
     mean: NDArray[np.float64]
     m2: NDArray[np.float64]
     def __init__(self, count: int, mean: ArrayLike, m2: ArrayLike) -> None: ...
+    # private: from fresh float64 vectors of cbp's own, with no checks
+    @classmethod
+    def _trusted(
+        cls, count: int, mean: NDArray[np.float64], m2: NDArray[np.float64]
+    ) -> ChannelStats: ...
     @property
     def channels(self) -> int: ...
     @property

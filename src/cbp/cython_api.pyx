@@ -17,7 +17,8 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
-from libc.math cimport sqrt, isfinite
+from libc.math cimport sqrt, isfinite, fabs, NAN
+from libc.float cimport FLT_MAX
 
 import numpy as np
 

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _kernels
 from . import _validation as v
 from ._api import (
     batch_norm_backward,
     batch_norm_dx,
-    batch_norm_inference,
     channel_backprop_stats,
     channel_stats,
 )
@@ -90,7 +90,12 @@ def _sync_stats(x_arr: np.ndarray, layout: str, C: int, allreduce, nt: int) -> C
         buf2[:] = local.m2 + n_i * (d * d)
     buf2 = _reduce(allreduce, buf2)
     m2 = np.maximum(buf2, 0.0)  # exact sums of non-negative terms; guards -0.0 only
-    return ChannelStats(n, mean, m2)
+    # NaN where a shard's channel held NaN or Inf, as in cbp.channel_stats
+    nan = ~(np.isfinite(mean) & np.isfinite(m2))
+    if nan.any():
+        mean[nan] = np.nan
+        m2[nan] = np.nan
+    return ChannelStats._trusted(n, mean, m2)
 
 
 def sync_channel_stats(x, *, allreduce, layout="NCHW", num_threads=None) -> ChannelStats:
@@ -124,13 +129,17 @@ def sync_batch_norm_forward(x, scale, bias, *, allreduce, eps=1e-5, layout="NCHW
     bias = v.channel_vector(bias, "bias", C)
     eps = v.positive_scalar(eps, "eps")
     nt = v.resolve_threads(num_threads)
-    v.output(out, xc, (xc.array,))  # check before any collective
+    res = v.output(out, xc, (xc.array,))  # check before any collective
     stats = _sync_stats(xc.array, layout, C, allreduce, nt)
     var = stats.var
     inv_std = 1.0 / np.sqrt(var + eps)
-    y = batch_norm_inference(xc.array, scale, bias, stats.mean, var, eps=eps, layout=layout,
-                             out=out, num_threads=nt)
-    return y, np.array(stats.mean), inv_std
+    # The kernels directly, not batch_norm_inference: statistics that are NaN
+    # (NaN or Inf in some shard's data) give NaN channels, as in
+    # cbp.batch_norm_forward, rather than an error about an argument the
+    # caller never passed.
+    if xc.array.size:
+        _kernels.affine(xc.block, stats.mean, scale / np.sqrt(var + eps), bias, res.block, nt)
+    return res.result(), np.array(stats.mean), inv_std
 
 
 def sync_batch_norm_backward(x, dy, mean, inv_std, scale, *, allreduce, layout="NCHW",

@@ -3,6 +3,8 @@
 #ifndef CBP_COMMON_H
 #define CBP_COMMON_H
 
+#include <float.h>
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -58,6 +60,29 @@ static inline void cbp_stream_line(void *dst, const void *src)
 #else
     memcpy(dst, src, 64);
 #endif
+}
+
+/* Range checks of the float32 paths (wide.h says why). A float32 partial sum
+   s (a sum of products or squares, as a double) is trusted when it is
+   finite and |s| >= CBP_F32_TINY: below that its terms may have lost digits
+   to underflow. A plain sum of inputs (no products) only needs to be
+   finite. A float64 coefficient is used rounded to float32 when it is 0 or
+   a normal float32 with room below FLT_MAX. NaN fails every check. */
+static inline int cbp_f32_sum_ok(double s)
+{
+    double a = fabs(s);
+    return a >= CBP_F32_TINY && a <= FLT_MAX;
+}
+
+static inline int cbp_f32_total_ok(double s)
+{
+    return fabs(s) <= FLT_MAX;
+}
+
+static inline int cbp_f32_coef_ok(double c)
+{
+    double a = fabs(c);
+    return c == 0.0 || (a >= FLT_MIN && a <= 0x1p126);
 }
 
 /* Chan, Golub & LeVeque: exact combination of two (count, mean, M2). */

@@ -45,6 +45,10 @@ extern const cbp_kernels_f64 *cbp_active_f64;
 #define cbp_rows_sweep_nt(x, ...) (CBP_TABLE_OF(x)->rows_sweep_nt((x), __VA_ARGS__))
 #define cbp_run_sweep(x, ...) (CBP_TABLE_OF(x)->run_sweep((x), __VA_ARGS__))
 #define cbp_run_sweep_nt(x, ...) (CBP_TABLE_OF(x)->run_sweep_nt((x), __VA_ARGS__))
+#define cbp_wide_sums(x, ...) (CBP_TABLE_OF(x)->wide_sums((x), __VA_ARGS__))
+#define cbp_wide_moments(x, ...) (CBP_TABLE_OF(x)->wide_moments((x), __VA_ARGS__))
+#define cbp_wide_rows_sweep(x, ...) (CBP_TABLE_OF(x)->wide_rows_sweep((x), __VA_ARGS__))
+#define cbp_wide_run_sweep(x, ...) (CBP_TABLE_OF(x)->wide_run_sweep((x), __VA_ARGS__))
 
 /* Instruction sets (dispatch.c). Names, widest first, of those compiled in
    and supported by this CPU; the baseline is active until cbp_isa_select,

@@ -38,4 +38,16 @@ typedef struct {
                       const T *mh, const T *a, const T *b, const T *k);
     void (*run_sweep_nt)(const T *x, const T *dy, T *out, ptrdiff_t nc, ptrdiff_t S,
                          const T *mh, const T *a, const T *b, const T *k);
+
+    /* Float64 arithmetic for float32 data out of float32's comfortable range
+       (wide.h): sums of n elements st apart (dy == NULL: of x - m and its
+       square), exact moments, and the sweeps from float64 coefficients. */
+    void (*wide_sums)(const T *x, const T *dy, ptrdiff_t n, ptrdiff_t st, double m,
+                      double *sa, double *sb);
+    void (*wide_moments)(const T *x, ptrdiff_t n, ptrdiff_t st, double *mean, double *m2);
+    void (*wide_rows_sweep)(const T *x, const T *dy, T *out, ptrdiff_t m, const double *mh,
+                            const double *a, const double *b, const double *k);
+    void (*wide_run_sweep)(const T *x, const T *dy, T *out, ptrdiff_t nc, ptrdiff_t S,
+                           const double *mh, const double *a, const double *b,
+                           const double *k);
 } CBP_KERNELS;

@@ -10,6 +10,7 @@
 #error "a table file defines CBP_TARGET (empty for the baseline) before it includes kernels.h"
 #endif
 
+#include "wide.h"
 #include "plane_reduce.h"
 #include "column_reduce.h"
 #include "sweep.h"
@@ -31,4 +32,8 @@ const CBP_KERNELS CBP_TABLE = {
     .rows_sweep_nt = rows_sweep_nt,
     .run_sweep = run_sweep,
     .run_sweep_nt = run_sweep_nt,
+    .wide_sums = wide_sums,
+    .wide_moments = wide_moments,
+    .wide_rows_sweep = wide_rows_sweep,
+    .wide_run_sweep = wide_run_sweep,
 };

@@ -39,7 +39,7 @@ static CBP_TARGET void plane_backprop(const T *x, const T *dy, ptrdiff_t S, cons
 {
     enum { L = CBP_PLANE_LANES, ROWS = CBP_PLANE_BLOCK / CBP_PLANE_LANES };
     T a[L], b[L], ra = 0, rb = 0, m = *mh;
-    ptrdiff_t s = 0, j, r, nr, rows = S / L;
+    ptrdiff_t s = 0, j, r, nr, rows = S / L, e0;
     double ta = 0.0, tb = 0.0, fa, fb;
     double u[L / 2], v[L / 2];
     while (rows > 0) {
@@ -57,15 +57,22 @@ static CBP_TARGET void plane_backprop(const T *x, const T *dy, ptrdiff_t S, cons
         }
         rows -= nr;
         lanes_total(L, a, b, u, v, &fa, &fb);
+        if (sizeof(T) == 4 && !(cbp_f32_total_ok(fa) && cbp_f32_sum_ok(fb)))
+            wide_sums(x + s - nr * L, dy + s - nr * L, nr * L, 1, (double)m, &fa, &fb);
         ta += fa;
         tb += fb;
     }
+    e0 = s;
     for (; s < S; s++) {
         ra += dy[s];
         rb += dy[s] * (x[s] - m);
     }
-    *sum_dy += ta + ra;
-    *sum_dyxc += tb + rb;
+    fa = (double)ra;
+    fb = (double)rb;
+    if (sizeof(T) == 4 && e0 < S && !(cbp_f32_total_ok(fa) && cbp_f32_sum_ok(fb)))
+        wide_sums(x + e0, dy + e0, S - e0, 1, (double)m, &fa, &fb);
+    *sum_dy += ta + fa;
+    *sum_dyxc += tb + fb;
 }
 
 /* Corrected two-pass moments per block of B elements (4 KiB, in L1 for the
@@ -132,8 +139,13 @@ static CBP_TARGET void plane_moments(const T *x, ptrdiff_t S, double *count, dou
             b[j] += d * d;
         }
         lanes_total(L, a, b, u, v, &s1, &s2);
-        s2 = s2 - s1 * (s1 / nb);
-        cbp_chan_merge(count, mean, m2, nb, (double)bh + s1 / nb, s2 > 0.0 ? s2 : 0.0);
+        if (sizeof(T) == 4 && !cbp_f32_sum_ok(s2)) {
+            wide_moments(x + s0, end - s0, 1, &s1, &s2);
+            cbp_chan_merge(count, mean, m2, nb, s1, s2);
+        } else {
+            s2 = s2 - s1 * (s1 / nb);
+            cbp_chan_merge(count, mean, m2, nb, (double)bh + s1 / nb, s2 > 0.0 ? s2 : 0.0);
+        }
         s0 = end;
     }
 }

@@ -1,0 +1,87 @@
+/* Float64-arithmetic twins of the kernels, for element type T: the path for
+   float32 data whose values leave the range where float32 arithmetic is
+   exact enough. Included once per (T, instruction set) by kernels.h, before
+   the kernels that call them.
+
+   The float32 kernels form squares, products and short lane sums in float32,
+   and the sweeps use coefficients rounded to float32. Well inside float32's
+   range that costs nothing in accuracy; outside it a square overflows to inf
+   (std >= ~3e18) or underflows to 0 (std <= ~1e-22), and a coefficient
+   rounds to inf or loses its digits as a subnormal. So the reductions check
+   each float32 partial sum where they flush it into float64 (cbp_f32_sum_ok,
+   cbp_common.h) and redo a block that fails here; the drivers check each
+   float32 coefficient (cbp_f32_coef_ok) and sweep a channel that fails here.
+   Normal data never gets here, so these are written for clarity: fixed
+   lanes added in a fixed order (the same bits for every instruction set),
+   plain stores. NaN and Inf in the data also fail the checks; the float64
+   sums then carry them into the results. */
+
+/* Sums over n elements st apart, in float64: with dy, sum dy and
+   sum dy * (x - m); without (dy == NULL), sum (x - m) and sum (x - m)^2. */
+static CBP_TARGET void wide_sums(const T *x, const T *dy, ptrdiff_t n, ptrdiff_t st, double m,
+                                 double *sa, double *sb)
+{
+    enum { L = 8 };
+    double a[L] = {0}, b[L] = {0};
+    ptrdiff_t i = 0, j;
+    for (; i + L <= n; i += L) {
+        for (j = 0; j < L; j++) {
+            double d = (double)x[(i + j) * st] - m;
+            double g = dy ? (double)dy[(i + j) * st] : d;
+            a[j] += g;
+            b[j] += g * d;
+        }
+    }
+    for (j = 0; i < n; i++, j++) {
+        double d = (double)x[i * st] - m;
+        double g = dy ? (double)dy[i * st] : d;
+        a[j] += g;
+        b[j] += g * d;
+    }
+    *sa = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    *sb = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
+}
+
+/* Mean and M2 of n >= 1 elements st apart, corrected two-pass in float64. */
+static CBP_TARGET void wide_moments(const T *x, ptrdiff_t n, ptrdiff_t st, double *mean,
+                                    double *m2)
+{
+    double s, unused, s1, s2, mu;
+    wide_sums(x, NULL, n, st, 0.0, &s, &unused);
+    mu = s / (double)n;
+    wide_sums(x, NULL, n, st, mu, &s1, &s2);
+    s2 -= s1 * (s1 / (double)n);
+    *mean = mu + s1 / (double)n;
+    *m2 = s2 > 0.0 ? s2 : 0.0;
+}
+
+/* The sweeps of sweep.h with float64 coefficients and arithmetic, one
+   rounding to T per element: m elements with per-element coefficients, or nc
+   planes of S elements with per-plane coefficients. */
+static CBP_TARGET void wide_rows_sweep(const T *x, const T *dy, T *out, ptrdiff_t m,
+                                       const double *mh, const double *a, const double *b,
+                                       const double *k)
+{
+    ptrdiff_t j;
+    for (j = 0; j < m; j++) {
+        double d = (double)x[j] - mh[j];
+        out[j] = (T)(dy ? a[j] * (double)dy[j] + b[j] * d + k[j] : a[j] * d + k[j]);
+    }
+}
+
+static CBP_TARGET void wide_run_sweep(const T *x, const T *dy, T *out, ptrdiff_t nc,
+                                      ptrdiff_t S, const double *mh, const double *a,
+                                      const double *b, const double *k)
+{
+    ptrdiff_t c;
+    for (c = 0; c < nc; c++) {
+        double m = mh[c], ac = a[c], bc = b[c], kc = k[c];
+        const T *xp = x + c * S, *gp = dy ? dy + c * S : NULL;
+        T *op = out + c * S;
+        ptrdiff_t s;
+        for (s = 0; s < S; s++) {
+            double d = (double)xp[s] - m;
+            op[s] = (T)(gp ? ac * (double)gp[s] + bc * d + kc : ac * d + kc);
+        }
+    }
+}
