@@ -55,28 +55,34 @@ cdef inline bint set_dx_coef(Py_ssize_t c, Py_ssize_t C, const double* mean,
                              const double* inv_std, const double* scale, const double* dscale,
                              const double* dbias, double count, floating* coef,
                              double* wcoef) noexcept nogil:
-    # dx = scale*inv_std*(dy - dbias/M - (x - mean)*inv_std*dscale/M), as
-    # coef (mean_hi, a, b, k) in the input type and, for float32, wcoef
-    # (mean, a, b, k) in float64. Returns True when the float32 coefficients
-    # are not exact enough (csrc/wide.h): the channel is then swept from wcoef.
+    # dx = scale*inv_std*(dy - dbias/M - (x - mean)*inv_std*dscale/M), as coef
+    # (mean_hi, a, b, k) in the input type: dx = a*dy + b*(x - mean_hi) + k,
+    # and as wcoef (mean, a, beta, kappa) in float64 for the factored form
+    # dx = a*(dy + beta*(x - mean) + kappa) of csrc/wide.h. Returns True when
+    # coef is not exact enough (float32) or overflowed (float64): the channel
+    # is then swept from wcoef.
     cdef double a = scale[c] * inv_std[c]
+    cdef double beta = -inv_std[c] * (dscale[c] / count)
+    cdef double kappa = -(dbias[c] / count)
     cdef double b = -a * inv_std[c] * (dscale[c] / count)
-    cdef double k0 = -a * (dbias[c] / count)
     cdef double k
     put_mean_hi(coef + c, mean[c])
-    k = k0 - b * (mean[c] - <double>coef[c])
+    k = -a * (dbias[c] / count) - b * (mean[c] - <double>coef[c])
     coef[C + c] = <floating>a
     coef[2 * C + c] = <floating>b
     coef[3 * C + c] = <floating>k
+    wcoef[c] = mean[c]
+    wcoef[C + c] = a
+    wcoef[2 * C + c] = beta
+    wcoef[3 * C + c] = kappa
+    if b == 0 and a != 0 and beta != 0:
+        return True  # a * beta underflowed in float64 itself
     if floating is float:
-        wcoef[c] = mean[c]
-        wcoef[C + c] = a
-        wcoef[2 * C + c] = b
-        wcoef[3 * C + c] = k0
         return not (cbp_f32_coef_ok(a) and cbp_f32_coef_ok(b) and fabs(k) <= F32_COEF_MAX
                     and fabs(mean[c]) <= FLT_MAX)
     else:
-        return False
+        return not (isfinite(a) and isfinite(k) and isfinite(b)
+                    and (b == 0 or fabs(b) >= DBL_MIN))
 
 
 cdef inline bint set_affine_coef(Py_ssize_t c, Py_ssize_t C, double mean, double a,
@@ -93,16 +99,16 @@ cdef inline bint set_affine_coef(Py_ssize_t c, Py_ssize_t C, double mean, double
     coef[C + c] = <floating>a
     coef[2 * C + c] = 0
     coef[3 * C + c] = <floating>k
+    wcoef[c] = mean
+    wcoef[C + c] = a
+    wcoef[2 * C + c] = 0.0
+    wcoef[3 * C + c] = bias
     if floating is float:
-        wcoef[c] = mean
-        wcoef[C + c] = a
-        wcoef[2 * C + c] = 0.0
-        wcoef[3 * C + c] = bias
         return not (cbp_f32_coef_ok(a) and fabs(k) <= F32_COEF_MAX and fabs(mean) <= FLT_MAX
                     and (spread < 0 or (d <= F32_COEF_MAX
                                         and fabs(a) * d + fabs(k) <= F32_COEF_MAX)))
     else:
-        return False
+        return not (isfinite(a) and isfinite(k))
 
 
 cdef void tile_coef(const floating* coef, Py_ssize_t C, Py_ssize_t k,
@@ -134,7 +140,7 @@ cdef void sum_parts(const double* part, Py_ssize_t nparts, Py_ssize_t C, Py_ssiz
 # drivers
 
 cdef struct WideCoef:
-    # The float64 side of a float32 sweep (set_dx_coef): coef [4, C] float64
+    # The float64 side of a sweep (set_dx_coef): coef [4, C] float64
     # coefficients, flag [C] the channels swept from them, any: some are;
     # coef_w [4, k * C] tiled (rows), when any.
     double* coef
@@ -168,9 +174,8 @@ cdef inline void wide_mark(WideCoef* w, Py_ssize_t c, bint flagged) noexcept nog
 cdef int nchw_sweep_w(const floating* x, const floating* dy, floating* out, Py_ssize_t N,
                       Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t cb0, Py_ssize_t cb1,
                       const floating* coef, WideCoef* w, int nthreads) noexcept nogil:
-    if floating is float:
-        if w.any:
-            return nchw_sweep(x, dy, out, N, C, S, p, cb0, cb1, coef, w.coef, w.flag, nthreads)
+    if w.any:
+        return nchw_sweep(x, dy, out, N, C, S, p, cb0, cb1, coef, w.coef, w.flag, nthreads)
     return nchw_sweep(x, dy, out, N, C, S, p, cb0, cb1, coef, NULL, NULL, nthreads)
 
 
@@ -181,12 +186,11 @@ cdef void nhwc_sweep_w(const floating* x, const floating* dy, floating* out, Py_
     # swept from the tiled float64 coefficients
     cdef Py_ssize_t k = column_widen(C)
     tile_coef(coef, C, k, coef_w)
-    if floating is float:
-        if w.any:
-            tile_coef(<const double*>w.coef, C, k, w.coef_w)
-            nhwc_sweep(x, dy, out, R, C, coef_w, w.coef_w, nthreads)
-            return
-    nhwc_sweep(x, dy, out, R, C, coef_w, NULL, nthreads)
+    if w.any:
+        tile_coef(<const double*>w.coef, C, k, w.coef_w)
+        nhwc_sweep(x, dy, out, R, C, coef_w, w.coef_w, nthreads)
+    else:
+        nhwc_sweep(x, dy, out, R, C, coef_w, NULL, nthreads)
 
 
 cdef int backward_driver(const floating* x, const floating* dy, floating* out,

@@ -18,7 +18,7 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 from libc.math cimport sqrt, isfinite, fabs, NAN
-from libc.float cimport FLT_MAX
+from libc.float cimport FLT_MAX, DBL_MIN
 
 import numpy as np
 

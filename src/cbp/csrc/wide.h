@@ -14,7 +14,9 @@
    Normal data never gets here, so these are written for clarity: fixed
    lanes added in a fixed order (the same bits for every instruction set),
    plain stores. NaN and Inf in the data also fail the checks; the float64
-   sums then carry them into the results. */
+   sums then carry them into the results. float64 data sweep here too where
+   the fast path's product coefficient a * b overflows float64 (extreme
+   inv_std), which the factored form below avoids. */
 
 /* Sums over n elements st apart, in float64: with dy, sum dy and
    sum dy * (x - m); without (dy == NULL), sum (x - m) and sum (x - m)^2. */
@@ -55,33 +57,39 @@ static CBP_TARGET void wide_moments(const T *x, ptrdiff_t n, ptrdiff_t st, doubl
     *m2 = s2 > 0.0 ? s2 : 0.0;
 }
 
-/* The sweeps of sweep.h with float64 coefficients and arithmetic, one
-   rounding to T per element: m elements with per-element coefficients, or nc
-   planes of S elements with per-plane coefficients. */
+/* The sweeps of sweep.h in float64 arithmetic, one rounding to T per
+   element, from float64 coefficients (mh, a, b, k) in the reference's
+   factored form:
+       dx = a * (dy + b * (x - mh) + k)      y = a * (x - mh) + k   (dy == NULL),
+   with a = scale * inv_std, b = -inv_std * dscale / count, k = -dbias / count
+   for dx (the drivers' set_dx_coef), so that no coefficient overflows where
+   the float32 kernels' product a * b would. m elements with per-element
+   coefficients, or nc planes of S elements with per-plane coefficients. */
+CBP_INLINE double wide_value(double x, const T *dy, ptrdiff_t j, double m, double a, double b,
+                             double k)
+{
+    double d = x - m;
+    return dy ? a * ((double)dy[j] + b * d + k) : a * d + k;
+}
+
 static CBP_TARGET void wide_rows_sweep(const T *x, const T *dy, T *out, ptrdiff_t m,
                                        const double *mh, const double *a, const double *b,
                                        const double *k)
 {
     ptrdiff_t j;
-    for (j = 0; j < m; j++) {
-        double d = (double)x[j] - mh[j];
-        out[j] = (T)(dy ? a[j] * (double)dy[j] + b[j] * d + k[j] : a[j] * d + k[j]);
-    }
+    for (j = 0; j < m; j++)
+        out[j] = (T)wide_value((double)x[j], dy, j, mh[j], a[j], b[j], k[j]);
 }
 
 static CBP_TARGET void wide_run_sweep(const T *x, const T *dy, T *out, ptrdiff_t nc,
                                       ptrdiff_t S, const double *mh, const double *a,
                                       const double *b, const double *k)
 {
-    ptrdiff_t c;
+    ptrdiff_t c, s;
     for (c = 0; c < nc; c++) {
-        double m = mh[c], ac = a[c], bc = b[c], kc = k[c];
         const T *xp = x + c * S, *gp = dy ? dy + c * S : NULL;
         T *op = out + c * S;
-        ptrdiff_t s;
-        for (s = 0; s < S; s++) {
-            double d = (double)xp[s] - m;
-            op[s] = (T)(gp ? ac * (double)gp[s] + bc * d + kc : ac * d + kc);
-        }
+        for (s = 0; s < S; s++)
+            op[s] = (T)wide_value((double)xp[s], gp, s, mh[c], a[c], b[c], k[c]);
     }
 }
