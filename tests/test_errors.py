@@ -1,6 +1,10 @@
 """Every bad input in the README's conventions raises the documented exception type,
 with a message that names the argument.  Each rejection is paired with the
 valid call it was derived from, so a test cannot pass by everything failing."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -424,6 +428,37 @@ def test_num_threads_above_the_cap(name, bad):
     _check_valid_first(name, a, num_threads=cap)
     with pytest.raises(ValueError, match=_named("num_threads")):
         call(name, a, num_threads=cap + 1 if bad == "cap+1" else bad)
+
+
+_THREADS_UNDER_A_MEMORY_LIMIT = """
+import resource, sys, warnings
+import numpy as np
+import cbp
+x = np.arange(64 * 64 * 256, dtype=np.float32).reshape(64, 64, 256) % 7
+want = cbp.channel_stats(x, num_threads=1)
+vm = int(open("/proc/self/statm").read().split()[0]) * 4096
+# room for a few thread stacks (8 MiB each), not for 64
+resource.setrlimit(resource.RLIMIT_AS, (vm + 100 * 2 ** 20, resource.RLIM_INFINITY))
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    got = cbp.channel_stats(x, num_threads=64)
+assert np.array_equal(got.mean, want.mean) and np.array_equal(got.m2, want.m2)
+assert len(w) == 1 and issubclass(w[0].category, RuntimeWarning), w
+print(w[0].message)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS, libgomp")
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="AddressSanitizer cannot run under an address-space limit")
+@pytest.mark.skipif(not cbp.show_config(print_out=False)["openmp"], reason="serial build")
+def test_threads_that_cannot_start_are_a_warning_not_an_exit():
+    # libgomp ends the process (exit 1) when it cannot create a team's threads;
+    # cbp starts them first, and runs with as many as could start
+    proc = subprocess.run([sys.executable, "-c", _THREADS_UNDER_A_MEMORY_LIMIT],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "could start only" in proc.stdout and "num_threads" in proc.stdout
 
 
 def test_plan_info_describes_teams_above_the_cap():

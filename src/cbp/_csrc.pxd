@@ -108,6 +108,7 @@ cdef extern from "cbp_runtime.h" nogil:
     int cbp_omp_thread_limit() noexcept
     int cbp_install_fork_guard() noexcept
     int cbp_forked_child() noexcept
+    int cbp_probe_team(int n, int have) noexcept
     const char* cbp_openmp_library() noexcept
     const char* cbp_compiler() noexcept
     const char* cbp_compile_args() noexcept

@@ -43,6 +43,14 @@ def thread_limit():
     return max(1, cbp_omp_thread_limit())
 
 
+def probe_team(int n, int have):
+    """How many of a team of n threads can start, the caller having run `have`."""
+    cdef int k
+    with nogil:
+        k = cbp_probe_team(n, have)
+    return k
+
+
 def cache_block_bytes(value=None):
     """Get (and optionally set) the fused NCHW passes' cache block size in bytes."""
     global _cache_block_bytes

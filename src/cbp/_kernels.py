@@ -13,6 +13,7 @@ from .cython_api import (  # noqa: F401
     max_threads,
     moments,
     openmp_enabled,
+    probe_team,
     thread_limit,
     vector_flags,
 )

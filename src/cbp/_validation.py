@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import threading
+import warnings
 
 import numpy as np
 
@@ -68,9 +70,11 @@ _CALL_LIMIT = ("4x the CPUs this process may use, at least 64, within the OpenMP
 def resolve_threads(num_threads, *, limit=None, why=_CALL_LIMIT) -> int:
     """None: the OpenMP default (OMP_NUM_THREADS, threadpoolctl), at most MAX_THREADS;
     n < 0: max + 1 + n; n > limit (default MAX_THREADS): ValueError saying `why`."""
+    runs = limit is None  # a call that runs now (plan_info only describes a team)
     limit = MAX_THREADS if limit is None else limit
     if num_threads is None:
-        return max(1, min(_kernels.max_threads(), limit))
+        n = max(1, min(_kernels.max_threads(), limit))
+        return startable_threads(n) if runs else n
     if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
         raise TypeError(f"num_threads must be an int or None, got {type(num_threads).__name__}")
     n = int(num_threads)
@@ -80,7 +84,29 @@ def resolve_threads(num_threads, *, limit=None, why=_CALL_LIMIT) -> int:
         n = max(1, _kernels.max_threads() + 1 + n)
     if n > limit:
         raise ValueError(f"num_threads must be at most {limit} ({why}), got {n}")
-    return n
+    return startable_threads(n) if runs else n
+
+
+# The largest team each Python thread has run: libgomp keeps those threads,
+# so only a larger team needs new ones (see cbp_probe_team, csrc/runtime.c).
+_teams = threading.local()
+
+
+def startable_threads(n: int) -> int:
+    """n, or fewer with a RuntimeWarning when the process cannot start n threads.
+
+    libgomp would end the process instead (exit code 1); results are the
+    same for every team size, so fewer threads only cost time."""
+    have = getattr(_teams, "largest", 1)
+    if n <= have:
+        return n
+    k = _kernels.probe_team(n, have)
+    if k < n:
+        warnings.warn(f"cbp: could start only {k} of the {n} threads asked for "
+                      f"(num_threads); this call runs with {k} (the same results, more "
+                      f"slowly)", RuntimeWarning, stacklevel=4)
+    _teams.largest = max(have, k)
+    return k
 
 
 _MASKED = np.ma.MaskedArray

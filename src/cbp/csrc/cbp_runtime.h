@@ -16,6 +16,11 @@ int cbp_omp_thread_limit(void);
 int cbp_install_fork_guard(void);
 int cbp_forked_child(void);
 
+/* How many threads a team of n can have, given that the caller has run a
+   team of `have` before: starts the n - have extra threads once and lets
+   them exit (runtime.c says why). */
+int cbp_probe_team(int n, int have);
+
 /* The file of the OpenMP runtime the kernels call, or "" when unknown. */
 const char *cbp_openmp_library(void);
 

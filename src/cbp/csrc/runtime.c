@@ -75,6 +75,63 @@ const char *cbp_openmp_library(void)
 const char *cbp_openmp_library(void) { return ""; }
 #endif
 
+/* libgomp ends the whole process (exit code 1, "Thread creation failed")
+   when it cannot start a team's threads, e.g. under a memory or thread-count
+   limit. So before a caller first asks for a team larger than its largest so
+   far, cbp starts the extra threads itself: they wait until all have
+   started, as a team's would, then exit, and the caller runs with as many
+   threads as could start. libgomp keeps a caller's earlier team threads in
+   its pool, so only n - have new threads are needed. */
+#if defined(_OPENMP) && !defined(_WIN32)
+#include <pthread.h>
+#include <stdlib.h>
+
+struct probe_gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int open;
+};
+
+static void *probe_wait(void *arg)
+{
+    struct probe_gate *g = (struct probe_gate *)arg;
+    pthread_mutex_lock(&g->mu);
+    while (!g->open)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+    return NULL;
+}
+
+int cbp_probe_team(int n, int have)
+{
+    struct probe_gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    pthread_t *t;
+    int k = 0, i;
+    if (n <= have)
+        return n;
+    t = (pthread_t *)malloc((size_t)(n - have) * sizeof(pthread_t));
+    if (t == NULL)
+        return have;
+    while (k < n - have && pthread_create(&t[k], NULL, probe_wait, &g) == 0)
+        k++;
+    pthread_mutex_lock(&g.mu);
+    g.open = 1;
+    pthread_cond_broadcast(&g.cv);
+    pthread_mutex_unlock(&g.mu);
+    for (i = 0; i < k; i++)
+        pthread_join(t[i], NULL);
+    free(t);
+    return have + k;
+}
+#else
+/* Serial builds start no threads; vcomp and libomp report failures on their own. */
+int cbp_probe_team(int n, int have)
+{
+    (void)have;
+    return n;
+}
+#endif
+
 #ifndef CBP_COMPILE_ARGS
 #define CBP_COMPILE_ARGS "unknown"
 #endif
