@@ -20,6 +20,7 @@ cdef extern from "cbp_tuning.h":
         SHORT_PLANE_BACKPROP "CBP_SHORT_PLANE_BACKPROP"
         QUARTER_W "CBP_QUARTER_W"
         QUARTER_BYTES "CBP_QUARTER_BYTES"
+    double F32_TINY "CBP_F32_TINY"
     # SCHEDULE constants (speed only)
     enum:
         CACHE_BLOCK_BYTES "CBP_CACHE_BLOCK_BYTES"
@@ -72,6 +73,9 @@ cdef extern from "cbp_kernels.h" nogil:
                                    double m, double* sa, double* sb) noexcept
     void wide_moments "cbp_wide_moments"(const void* x, Py_ssize_t n, Py_ssize_t st,
                                          double* mean, double* m2) noexcept
+    void wide_columns "cbp_wide_columns"(const void* x, const void* dy, Py_ssize_t nrows,
+                                         Py_ssize_t stride, Py_ssize_t w, Py_ssize_t last_w,
+                                         const double* m, double* sa, double* sb) noexcept
     void wide_rows_sweep "cbp_wide_rows_sweep"(const void* x, const void* dy, void* out,
                                                Py_ssize_t m, const double* mh, const double* a,
                                                const double* b, const double* k) noexcept
@@ -84,6 +88,8 @@ cdef extern from "cbp_kernels.h" nogil:
     bint cbp_f32_sum_ok(double s) noexcept
     bint cbp_f32_total_ok(double s) noexcept
     bint cbp_f32_coef_ok(double c) noexcept
+    Py_ssize_t count_bad "cbp_count_bad"(const double* s1, const double* s2, Py_ssize_t st,
+                                         Py_ssize_t m, double tiny) noexcept
     void chan_merge "cbp_chan_merge"(double* n_a, double* mean_a, double* m2_a, double n_b,
                                      double mean_b, double m2_b) noexcept
     void* cbp_place(void* raw, const void* anchor, int slot) noexcept

@@ -23,6 +23,7 @@ cdef int nchw_backprop_unit(const floating* x, const floating* dy, Py_ssize_t N,
     cdef Py_ssize_t c0 = cb * p.cb, c1 = min(C, c0 + p.cb)
     cdef Py_ssize_t n0 = g * N // p.ng, n1 = (g + 1) * N // p.ng
     cdef Py_ssize_t n, c, off
+    cdef double tiny, sdy, sdx, pa, pb
     cdef double* out = part + 2 * (g * C + c0)
     # plane by plane for every S > 1 (the plan never takes columns here), each
     # image's channel block one contiguous run
@@ -33,6 +34,28 @@ cdef int nchw_backprop_unit(const floating* x, const floating* dy, Py_ssize_t N,
             off = (n * C + c) * S
             plane_backprop(x + off, dy + off, S, mh + c,
                            out + 2 * (c - c0), out + 2 * (c - c0) + 1)
+    if floating is float:
+        # The float32 range check, per channel of the unit: not finite, or a
+        # sum of products below n * TINY (where the float32 products may have
+        # lost digits to underflow: each loses at most 2^-150), and the
+        # channel's planes of this unit are summed again in float64.
+        tiny = <double>((n1 - n0) * S) * F32_TINY
+        if count_bad(out, out + 1, 2, c1 - c0, tiny) == 0:
+            return 0
+        for c in range(c0, c1):
+            sdy = out[2 * (c - c0)]
+            sdx = out[2 * (c - c0) + 1]
+            if isfinite(sdy) and isfinite(sdx) and fabs(sdx) >= tiny:
+                continue
+            sdy = 0.0
+            sdx = 0.0
+            for n in range(n0, n1):
+                off = (n * C + c) * S
+                wide_sums(x + off, dy + off, S, 1, <double>mh[c], &pa, &pb)
+                sdy = sdy + pa
+                sdx = sdx + pb
+            out[2 * (c - c0)] = sdy
+            out[2 * (c - c0) + 1] = sdx
     return 0
 
 

@@ -51,84 +51,15 @@ cdef inline Py_ssize_t rows_step(Py_ssize_t i, Py_ssize_t i_end, Py_ssize_t full
     return 1
 
 
-cdef inline void flush_backprop(floating* ady, floating* adx, double* colsum, Py_ssize_t W,
-                                const floating* x, const floating* dy, const floating* mh_w,
-                                Py_ssize_t nsets, Py_ssize_t set_st, Py_ssize_t nrows,
-                                Py_ssize_t last_w) noexcept nogil:
-    # add the input-type accumulators into colsum [2, W] and clear them. They
-    # hold a block of nsets sets of nrows rows (W apart; sets set_st apart)
-    # from x and dy, where columns >= last_w lack the block's last row; a
-    # float32 column sum that fails the range check is redone from there in
-    # float64 (csrc/wide.h).
+cdef inline void flush_backprop(floating* ady, floating* adx, double* colsum,
+                                Py_ssize_t W) noexcept nogil:
+    # add the input-type accumulators into colsum [2, W] and clear them
     cdef Py_ssize_t j
-    cdef int bad = 0
-    if floating is float:
-        for j in range(W):
-            if not (cbp_f32_total_ok(ady[j]) and cbp_f32_sum_ok(adx[j])):
-                bad = 1
-        if bad:
-            flush_backprop_wide(ady, adx, colsum, W, x, dy, mh_w, nsets, set_st, nrows, last_w)
-            return
     for j in range(W):
         colsum[j] = colsum[j] + ady[j]
         colsum[W + j] = colsum[W + j] + adx[j]
         ady[j] = 0
         adx[j] = 0
-
-
-cdef void flush_backprop_wide(floating* ady, floating* adx, double* colsum, Py_ssize_t W,
-                              const floating* x, const floating* dy, const floating* mh_w,
-                              Py_ssize_t nsets, Py_ssize_t set_st, Py_ssize_t nrows,
-                              Py_ssize_t last_w) noexcept nogil:
-    cdef Py_ssize_t j, t, n
-    cdef double sa, sb, ta, tb
-    for j in range(W):
-        if cbp_f32_total_ok(ady[j]) and cbp_f32_sum_ok(adx[j]):
-            colsum[j] = colsum[j] + ady[j]
-            colsum[W + j] = colsum[W + j] + adx[j]
-        else:
-            n = nrows - (1 if j >= last_w else 0)
-            ta = 0.0
-            tb = 0.0
-            for t in range(nsets):
-                wide_sums(x + t * set_st + j, dy + t * set_st + j, n, W, <double>mh_w[j],
-                          &sa, &sb)
-                ta = ta + sa
-                tb = tb + sb
-            colsum[j] = colsum[j] + ta
-            colsum[W + j] = colsum[W + j] + tb
-        ady[j] = 0
-        adx[j] = 0
-
-
-cdef void merge_block_checked(const floating* a, const floating* b, const floating* bh,
-                              double* mean, double* m2, Py_ssize_t m, double n_a, double nb,
-                              const floating* x, Py_ssize_t stride, Py_ssize_t nsets,
-                              Py_ssize_t set_st, Py_ssize_t nrows) noexcept nogil:
-    # merge_block, but a float32 column whose sum of squares fails the range
-    # check is redone in float64 from its block of nsets sets of nrows rows
-    # (stride apart; sets set_st apart) starting at x (csrc/wide.h).
-    cdef Py_ssize_t j, t
-    cdef int bad = 0
-    cdef double cnt, bm, bm2, sm, sm2
-    if floating is float:
-        for j in range(m):
-            if not cbp_f32_sum_ok(b[j]):
-                bad = 1
-    if not bad:
-        merge_block(a, b, bh, mean, m2, m, n_a, nb)
-        return
-    for j in range(m):
-        if cbp_f32_sum_ok(b[j]):
-            merge_block(a + j, b + j, bh + j, mean + j, m2 + j, 1, n_a, nb)
-            continue
-        cnt = 0.0
-        bm = 0.0
-        bm2 = 0.0
-        for t in range(nsets):
-            wide_moments(x + t * set_st + j, nrows, stride, &sm, &sm2)
-            chan_merge(&cnt, &bm, &bm2, <double>nrows, sm, sm2)
-        merge_into(mean + j, m2 + j, 1, &bm, &bm2, 1, 1, n_a, nb)
 
 
 cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows,
@@ -146,7 +77,7 @@ cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows
     cdef char* raw = <char*>malloc(2 * span)
     cdef floating* ady
     cdef floating* adx
-    cdef Py_ssize_t i = 0, i0, i1, j
+    cdef Py_ssize_t i = 0, i1, j
     cdef Py_ssize_t full = nrows if last_w == W else nrows - 1
     cdef Py_ssize_t q = full // 4 if quarters else 0
     if raw == NULL:
@@ -159,23 +90,86 @@ cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows
         ady[j] = 0
         adx[j] = 0
     while i < q:
-        i0 = i
         i1 = min(q, i + ROW_FLUSH // 4)
         while i < i1:
             rows_backprop(x + i * W, dy + i * W, 4, q * W, mh_w, ady, adx, W)
             i = i + 1
-        flush_backprop(ady, adx, colsum, W, x + i0 * W, dy + i0 * W, mh_w, 4, q * W, i1 - i0, W)
+        flush_backprop(ady, adx, colsum, W)
     i = 4 * q
     while i < nrows:
-        i0 = i
         i1 = min(nrows, i + ROW_FLUSH)
         while i < i1:
             rows_backprop(x + i * W, dy + i * W, 1, W, mh_w, ady, adx,
                           W if i < full else last_w)
             i = i + 1
-        flush_backprop(ady, adx, colsum, W, x + i0 * W, dy + i0 * W, mh_w, 1, 0, i1 - i0,
-                       last_w if i1 > full else W)
+        flush_backprop(ady, adx, colsum, W)
     free(raw)
+    if floating is float:
+        return recheck_backprop(x, dy, nrows, W, last_w, mh_w, colsum)
+    else:
+        return 0
+
+
+# The float32 range check of the column kernels, once per unit and column: a
+# column sum that is not finite, or a sum of products or squares below
+# n * F32_TINY (where float32 products may have lost digits to underflow:
+# each loses at most 2^-150), and the unit is summed again in float64
+# (csrc/wide.h), one pass for all such columns. A check per 32-row flush
+# cost 1.15x-1.3x the time of NHWC sums with C = 64.
+
+cdef inline bint column_ok(double s1, double s2, double n) noexcept nogil:
+    return isfinite(s1) and isfinite(s2) and fabs(s2) >= n * F32_TINY
+
+
+cdef int recheck_backprop(const floating* x, const floating* dy, Py_ssize_t nrows,
+                          Py_ssize_t W, Py_ssize_t last_w, const floating* mh_w,
+                          double* colsum) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double* w
+    if (count_bad(colsum, colsum + W, 1, last_w, nrows * F32_TINY) == 0 and
+            count_bad(colsum + last_w, colsum + W + last_w, 1, W - last_w,
+                      (nrows - 1) * F32_TINY) == 0):
+        return 0
+    w = <double*>malloc(3 * W * sizeof(double))
+    if w == NULL:
+        return -1
+    for j in range(W):
+        w[j] = mh_w[j]
+    wide_columns(x, dy, nrows, W, W, last_w, w, w + W, w + 2 * W)
+    for j in range(W):
+        if not column_ok(colsum[j], colsum[W + j], <double>(nrows - (j >= last_w))):
+            colsum[j] = w[W + j]
+            colsum[W + j] = w[2 * W + j]
+    free(w)
+    return 0
+
+
+cdef int recheck_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
+                         Py_ssize_t W, Py_ssize_t last_w, double* colstats) noexcept nogil:
+    # colstats [2, W] (mean, M2); exact two-pass moments in float64 for the
+    # columns that fail the check
+    cdef Py_ssize_t j
+    cdef double n
+    cdef double* w
+    if (count_bad(colstats, colstats + W, 1, last_w, nrows * F32_TINY) == 0 and
+            count_bad(colstats + last_w, colstats + W + last_w, 1, W - last_w,
+                      (nrows - 1) * F32_TINY) == 0):
+        return 0
+    w = <double*>malloc(3 * W * sizeof(double))
+    if w == NULL:
+        return -1
+    for j in range(W):
+        w[j] = 0.0
+    wide_columns(x, <const floating*>NULL, nrows, stride, W, last_w, w, w + W, w + 2 * W)
+    for j in range(W):
+        w[j] = w[W + j] / <double>(nrows - (j >= last_w))
+    wide_columns(x, <const floating*>NULL, nrows, stride, W, last_w, w, w + W, w + 2 * W)
+    for j in range(W):
+        n = <double>(nrows - (j >= last_w))
+        if not column_ok(colstats[j], colstats[W + j], n):
+            colstats[j] = w[j] + w[W + j] / n
+            colstats[W + j] = max(0.0, w[2 * W + j] - w[W + j] * (w[W + j] / n))
+    free(w)
     return 0
 
 
@@ -227,8 +221,7 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
         block_shift(bh, W, nb)
         for r in range(i, i1):
             rows_shifted(x + r * stride, 4, q * stride, bh, a, b, W)
-        merge_block_checked(a, b, bh, colstats, colstats + W, W, <double>(4 * i), nb,
-                            x + i * stride, stride, 4, q * stride, i1 - i)
+        merge_block(a, b, bh, colstats, colstats + W, W, <double>(4 * i), nb)
         i = i1
     i = 4 * q
     while i < nrows:
@@ -255,17 +248,17 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
             rows_shifted(x + r * stride, k, stride, bh, a, b, W if r < full else last_w)
             r = r + k
         if i1 == nrows:
-            merge_block_checked(a, b, bh, colstats, colstats + W, last_w, <double>i, nb,
-                                x + i * stride, stride, 1, 0, i1 - i)
-            merge_block_checked(a + last_w, b + last_w, bh + last_w, colstats + last_w,
-                                colstats + W + last_w, W - last_w, <double>i, nb - 1,
-                                x + i * stride + last_w, stride, 1, 0, i1 - i - 1)
+            merge_block(a, b, bh, colstats, colstats + W, last_w, <double>i, nb)
+            merge_block(a + last_w, b + last_w, bh + last_w, colstats + last_w,
+                        colstats + W + last_w, W - last_w, <double>i, nb - 1)
         else:
-            merge_block_checked(a, b, bh, colstats, colstats + W, W, <double>i, nb,
-                                x + i * stride, stride, 1, 0, i1 - i)
+            merge_block(a, b, bh, colstats, colstats + W, W, <double>i, nb)
         i = i1
     free(raw)
-    return 0
+    if floating is float:
+        return recheck_moments(x, nrows, stride, W, last_w, colstats)
+    else:
+        return 0
 
 
 cdef int nhwc_backprop_unit(const floating* x, const floating* dy, Py_ssize_t C,

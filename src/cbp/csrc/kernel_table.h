@@ -45,6 +45,9 @@ typedef struct {
     void (*wide_sums)(const T *x, const T *dy, ptrdiff_t n, ptrdiff_t st, double m,
                       double *sa, double *sb);
     void (*wide_moments)(const T *x, ptrdiff_t n, ptrdiff_t st, double *mean, double *m2);
+    void (*wide_columns)(const T *x, const T *dy, ptrdiff_t nrows, ptrdiff_t stride,
+                         ptrdiff_t w, ptrdiff_t last_w, const double *m, double *sa,
+                         double *sb);
     void (*wide_rows_sweep)(const T *x, const T *dy, T *out, ptrdiff_t m, const double *mh,
                             const double *a, const double *b, const double *k);
     void (*wide_run_sweep)(const T *x, const T *dy, T *out, ptrdiff_t nc, ptrdiff_t S,

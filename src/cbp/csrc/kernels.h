@@ -34,6 +34,7 @@ const CBP_KERNELS CBP_TABLE = {
     .run_sweep_nt = run_sweep_nt,
     .wide_sums = wide_sums,
     .wide_moments = wide_moments,
+    .wide_columns = wide_columns,
     .wide_rows_sweep = wide_rows_sweep,
     .wide_run_sweep = wide_run_sweep,
 };

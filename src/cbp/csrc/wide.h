@@ -20,7 +20,7 @@
 
 /* Sums over n elements st apart, in float64: with dy, sum dy and
    sum dy * (x - m); without (dy == NULL), sum (x - m) and sum (x - m)^2. */
-static CBP_TARGET void wide_sums(const T *x, const T *dy, ptrdiff_t n, ptrdiff_t st, double m,
+CBP_NOINLINE CBP_TARGET void wide_sums(const T *x, const T *dy, ptrdiff_t n, ptrdiff_t st, double m,
                                  double *sa, double *sb)
 {
     enum { L = 8 };
@@ -45,7 +45,7 @@ static CBP_TARGET void wide_sums(const T *x, const T *dy, ptrdiff_t n, ptrdiff_t
 }
 
 /* Mean and M2 of n >= 1 elements st apart, corrected two-pass in float64. */
-static CBP_TARGET void wide_moments(const T *x, ptrdiff_t n, ptrdiff_t st, double *mean,
+CBP_NOINLINE CBP_TARGET void wide_moments(const T *x, ptrdiff_t n, ptrdiff_t st, double *mean,
                                     double *m2)
 {
     double s, unused, s1, s2, mu;
@@ -55,6 +55,40 @@ static CBP_TARGET void wide_moments(const T *x, ptrdiff_t n, ptrdiff_t st, doubl
     s2 -= s1 * (s1 / (double)n);
     *mean = mu + s1 / (double)n;
     *m2 = s2 > 0.0 ? s2 : 0.0;
+}
+
+/* Per-column sums over nrows rows (stride apart; the last row last_w of
+   the w columns wide) in float64, each column added row by row: with dy,
+   sum dy and sum dy * (x - m[j]); without (dy == NULL), sum (x - m[j]) and
+   its square. For the column kernels' redo of a unit (_nhwc_reduce.pxi):
+   one pass over the unit for every column that failed the check. */
+CBP_NOINLINE CBP_TARGET void wide_columns(const T *x, const T *dy, ptrdiff_t nrows,
+                                          ptrdiff_t stride, ptrdiff_t w, ptrdiff_t last_w,
+                                          const double *m, double *sa, double *sb)
+{
+    ptrdiff_t r, j, n;
+    for (j = 0; j < w; j++) {
+        sa[j] = 0.0;
+        sb[j] = 0.0;
+    }
+    for (r = 0; r < nrows; r++) {
+        const T *xr = x + r * stride;
+        n = r == nrows - 1 ? last_w : w;
+        if (dy) {
+            const T *gr = dy + r * stride;
+            CBP_SIMD for (j = 0; j < n; j++) {
+                double d = (double)xr[j] - m[j], g = (double)gr[j];
+                sa[j] += g;
+                sb[j] += g * d;
+            }
+        } else {
+            CBP_SIMD for (j = 0; j < n; j++) {
+                double d = (double)xr[j] - m[j];
+                sa[j] += d;
+                sb[j] += d * d;
+            }
+        }
+    }
 }
 
 /* The sweeps of sweep.h in float64 arithmetic, one rounding to T per
