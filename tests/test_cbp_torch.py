@@ -19,7 +19,6 @@ import cbp.torch as ct  # noqa: E402
 
 C = 3
 SHAPES = {2: (10, C), 3: (4, C, 7), 4: (3, C, 5, 6), 5: (2, C, 3, 4, 5)}
-FORMATS = {"contiguous": torch.contiguous_format, "channels_last": "channels_last"}
 # (ndim, memory format) pairs PyTorch has
 CASES = [(2, "contiguous"), (3, "contiguous"), (4, "contiguous"), (4, "channels_last"),
          (5, "contiguous"), (5, "channels_last")]
@@ -213,12 +212,14 @@ OPTIONS = {"default": {}, "momentum_none": {"momentum": None}, "affine_off": {"a
            "no_running_stats": {"track_running_stats": False}, "momentum_0.5": {"momentum": 0.5}}
 
 
-@pytest.mark.parametrize("cbp_cls,torch_cls,ndim", MODULES, ids=lambda v: getattr(v, "__name__", v))
+MODULE_CASES = [(a, b, n, f) for a, b, n in MODULES for f in ("contiguous", "channels_last")
+                if n >= 4 or f == "contiguous"]  # no channels_last format below 4-D
+
+
+@pytest.mark.parametrize("cbp_cls,torch_cls,ndim,fmt", MODULE_CASES,
+                         ids=lambda v: getattr(v, "__name__", str(v)))
 @pytest.mark.parametrize("option", list(OPTIONS))
-@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 def test_module_matches_torch(cbp_only, cbp_cls, torch_cls, ndim, option, fmt):
-    if fmt == "channels_last" and ndim < 4:
-        pytest.skip("no channels_last format below 4-D")
     kw = OPTIONS[option]
     theirs = torch_cls(C, dtype=torch.float64, **kw)
     ours = cbp_cls(C, dtype=torch.float64, **kw)
@@ -338,6 +339,45 @@ def test_cnn_training_trajectory(cbp_only, fmt):
     theirs.eval()
     x = torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64).contiguous(memory_format=mf)
     assert _rel(ours(x), theirs(x)) < 1e-10
+
+
+def test_sync_batch_norm_single_process(cbp_only):
+    """Without a process group (or in eval) SyncBatchNorm is batch norm of any dimension;
+    its state is torch.nn.SyncBatchNorm's; no double backward through it."""
+    ours = ct.SyncBatchNorm(C, momentum=None, dtype=torch.float64)
+    theirs = torch.nn.SyncBatchNorm(C, momentum=None, dtype=torch.float64)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    ref = torch.nn.BatchNorm3d(C, momentum=None, dtype=torch.float64)
+    for step in range(3):
+        if step == 2:
+            ours.eval()
+            ref.eval()
+        x, dy, *_ = _inputs(5, "channels_last", torch.float64, 70 + step)
+        assert _rel(ours(x), ref(x)) < 1e-12
+        assert _rel(ours.running_var, ref.running_var) < 1e-12
+    with pytest.raises(ValueError, match="at least 2D"):
+        ours(torch.zeros(C))
+    model = torch.nn.Sequential(torch.nn.Linear(4, C), torch.nn.BatchNorm1d(C, affine=False),
+                                ct.BatchNorm1d(C))
+    converted = ct.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert [type(m) for m in converted] == [torch.nn.Linear, ct.SyncBatchNorm, ct.SyncBatchNorm]
+    assert not converted[1].affine and converted[2].weight is model[2].weight
+
+
+def test_sync_batch_norm_function_double_backward_refused(monkeypatch):
+    """The synchronized autograd function says clearly that it has no double backward."""
+    x = torch.randn(4, C, dtype=torch.float64, requires_grad=True)
+    # run it with a fake one-rank all-reduce (no process group needed)
+    monkeypatch.setattr(ct, "_allreduce_for", lambda group: lambda buf: None)
+    y = ct._SyncBatchNormFunction.apply(x, None, None, None, None, 1e-5, 0.1, None, "NCHW", 1)
+    assert _rel(y, F.batch_norm(x, None, None, training=True)) < 1e-12
+    dy = torch.randn_like(y)
+    (g,) = torch.autograd.grad(y, x, dy, retain_graph=True)
+    assert _rel(g, torch.autograd.grad(F.batch_norm(x, None, None, training=True), x, dy)[0]) \
+        < 1e-12
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(y, x, dy, create_graph=True)
 
 
 def test_threads_follow_torch(monkeypatch):

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import has_torch_function_variadic
 
@@ -216,6 +215,7 @@ def _grad_output(dy: torch.Tensor, x: torch.Tensor, layout: str) -> torch.Tensor
 
 
 def _param_grad(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    # cbp's per-channel sums are float64; the gradient has the parameter's dtype
     return torch.from_numpy(values).to(like.dtype)
 
 
@@ -278,7 +278,7 @@ def _cbp_backward(ctx, x, weight, dy):
             a = inv_std if w is None else inv_std * w
             _scale_channels(dya, a, _view(dx, layout), layout, nt)
     return (dx, _param_grad(dscale, weight) if need_w else None,
-            _param_grad(dbias, weight) if need_b else None)
+            _param_grad(dbias, x) if need_b else None)
 
 
 def _composite_backward(ctx, x, weight, bias, dy):
@@ -372,8 +372,14 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable  # as PyTorch's own SyncBatchNorm: no double backward
     def backward(ctx, dy):
+        if torch.is_grad_enabled():
+            # create_graph=True: the collectives have no derivative here, and a gradient
+            # without its graph would be silently wrong in a second derivative
+            raise RuntimeError("cbp.torch.SyncBatchNorm has no double backward (neither has "
+                               "torch.nn.SyncBatchNorm); call backward without "
+                               "create_graph=True, or use cbp.torch.BatchNorm*d (which has "
+                               "one) in a single process")
         x, weight = ctx.saved_tensors
         layout, nt = ctx.layout, ctx.nt
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
@@ -391,15 +397,17 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             dscale, dbias = _api.channel_backprop_stats(xa, dya, ctx.mean, ctx.inv_std,
                                                         layout=layout, num_threads=nt)
         return (dx, _param_grad(dscale, weight) if need_w else None,
-                _param_grad(dbias, weight) if need_b else None,
+                _param_grad(dbias, x) if need_b else None,
                 None, None, None, None, None, None, None)
 
 
-class SyncBatchNorm(torch.nn.SyncBatchNorm):
+class SyncBatchNorm(_BatchNorm):
     """``torch.nn.SyncBatchNorm`` that runs on CPU tensors (gloo), on cbp's kernels.
 
-    A subclass with the same constructor (``process_group=``), parameters,
-    buffers and ``state_dict`` keys. In training mode within an initialized
+    The same constructor (``process_group=``), parameters, buffers and
+    ``state_dict`` keys as PyTorch's. It subclasses ``_BatchNorm``, not
+    ``torch.nn.SyncBatchNorm``, because DistributedDataParallel refuses
+    instances of the latter in CPU models. In training mode within an initialized
     process group of more than one rank, the statistics are those of the whole
     group's batch (shards may differ in size, or be empty), two all-reduces of
     C + 1 and C float64 values in the forward and one of 2C + 1 in the
@@ -411,9 +419,20 @@ class SyncBatchNorm(torch.nn.SyncBatchNorm):
     when synchronizing (PyTorch has no CPU path to hand them to).
     """
 
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, process_group=None, device=None, dtype=None, *,
+                 bias=True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         device=device, dtype=dtype, bias=bias)
+        self.process_group = process_group
+
+    _check_input_dim = torch.nn.SyncBatchNorm._check_input_dim
+    _check_non_zero_input_channels = torch.nn.SyncBatchNorm._check_non_zero_input_channels
+
     def forward(self, input):
         if input.device.type != "cpu":
-            return super().forward(input)
+            # GPUs and other devices: PyTorch's SyncBatchNorm, which runs there
+            return torch.nn.SyncBatchNorm.forward(self, input)
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
         factor, bn_training, running_mean, running_var = _module_arguments(self)
@@ -475,12 +494,13 @@ def _target_class(m, sync: bool):
 
 
 def _rebuilt(m, cls, process_group):
+    kw = {"bias": m.bias is not None} if m.affine else {}
     if cls is SyncBatchNorm:
         new = cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
                   process_group if process_group is not None
-                  else getattr(m, "process_group", None))
+                  else getattr(m, "process_group", None), **kw)
     else:
-        new = cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+        new = cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, **kw)
     # the very tensors of the old module: an optimizer built on it keeps working
     new.weight = m.weight
     new.bias = m.bias
