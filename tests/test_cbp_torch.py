@@ -121,6 +121,21 @@ def test_functional_without_running_stats(cbp_only, ndim, fmt):
         assert _rel(g, gt) < 1e-12
 
 
+@pytest.mark.parametrize("which", ["weight", "bias"])
+def test_functional_weight_or_bias_alone(cbp_only, which):
+    x, dy, w, b, _, _ = _inputs(3, "contiguous", torch.float32, 9)
+    res = []
+    for fn in (ct.batch_norm, F.batch_norm):
+        xx = x.clone().requires_grad_(True)
+        p = (w if which == "weight" else b).clone().requires_grad_(True)
+        kw = {which: p}
+        y = fn(xx, None, None, training=True, **kw)
+        y.backward(dy)
+        res.append((y, xx.grad, p.grad))
+    for got, want in zip(*res):
+        assert got.dtype == torch.float32 and _rel(got, want) < 3e-5
+
+
 def test_only_weight_gradient_and_no_grad(cbp_only):
     """An input that needs no gradient (a first layer), and a call under no_grad."""
     x, dy, w, b, rm, rv = _inputs(4, "contiguous", torch.float64, 4)
