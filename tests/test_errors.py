@@ -308,8 +308,12 @@ def test_bad_momentum_options(kw, exc, arg):
 def test_unbiased_needs_two_elements():
     x = np.arange(3.0).reshape(1, 3)  # one element per channel
     rv = np.ones(3)
+    out = np.full_like(x, 7.0)
     with pytest.raises(ValueError, match="unbiased"):
-        cbp.batch_norm_forward(x, running_var=rv)
+        cbp.batch_norm_forward(x, running_var=rv, out=out)
+    assert (out == 7.0).all() and (rv == 1.0).all()  # refused before anything was computed
+    with pytest.raises(ValueError, match="unbiased"):
+        cbp.update_running_stats(None, rv, cbp.channel_stats(x))
     cbp.batch_norm_forward(x, running_var=rv, unbiased=False)
     np.testing.assert_array_equal(rv, np.full(3, 0.9))
 

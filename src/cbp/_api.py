@@ -19,7 +19,6 @@ __all__ = [
 ]
 
 
-
 def channel_stats(x, *, layout="NCHW", num_threads=None) -> ChannelStats:
     """Per-channel count, mean and biased variance of ``x`` in one pass.
 
@@ -129,7 +128,7 @@ def batch_norm_forward(x, scale=None, bias=None, *, eps=1e-5, layout="NCHW", out
     bias = v.channel_vector(bias, "bias", C, default=0.0)
     eps = v.positive_scalar(eps, "eps")
     update = _running_update(running_mean, running_var, C, momentum, momentum_of, unbiased,
-                             num_batches_tracked)
+                             num_batches_tracked, count=xc.count)
     nt = v.resolve_threads(num_threads)
     res = v.output(out, xc, (xc.array,))
     if xc.count == 0 or C == 0:
