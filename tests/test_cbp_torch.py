@@ -204,6 +204,25 @@ def test_fallback_is_pytorch(monkeypatch, make):
         assert torch.equal(got, want) and torch.equal(r1, r2) and torch.equal(v1, v2)
 
 
+def test_fallback_transforms():
+    """torch.func transforms and forward-mode AD go to PyTorch, and give its results."""
+    x, _, w, b, _, _ = _inputs(4, "contiguous", torch.float64, 11)
+    for fn in (ct.batch_norm, F.batch_norm):
+        got = torch.func.grad(lambda t: (fn(t, None, None, w, b, True) ** 3).sum())(x)
+        if fn is ct.batch_norm:
+            first = got
+    assert torch.equal(first, got)  # got is PyTorch's own, from the last round
+    got, want = (torch.func.vmap(lambda t: fn(t, None, None, w, b, True))(x[None])
+                 for fn in (ct.batch_norm, F.batch_norm))
+    assert torch.equal(got, want)
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.ones_like(x))
+        t1 = fwAD.unpack_dual(ct.batch_norm(dual, None, None, w, b, True)).tangent
+        t2 = fwAD.unpack_dual(F.batch_norm(dual, None, None, w, b, True)).tangent
+    assert torch.equal(t1, t2)
+
+
 def test_fallback_mixed_dtypes_and_eps_zero():
     x, _, w, b, rm, rv = _inputs(2, "contiguous", torch.float32, 8)
     # eval mode with eps = 0 is allowed by PyTorch, not by cbp: PyTorch's result

@@ -16,7 +16,7 @@ cbp can read as it is: contiguous (read as NCHW) or channels_last /
 channels_last_3d (read as NHWC), through ``Tensor.numpy()`` views, so nothing
 is copied. Everything else (CUDA and other devices, float16, bfloat16, other
 strides, tensor subclasses and ``__torch_function__`` modes, tracing and
-``torch.compile``, forward-mode AD, parameters of another dtype than the
+``torch.compile``, forward-mode AD, ``torch.func`` transforms, parameters of another dtype than the
 input, empty inputs, ``eps <= 0`` or a momentum outside [0, 1]) goes to
 PyTorch's own implementation, so the result is always PyTorch's behaviour.
 
@@ -93,6 +93,9 @@ def _forward_ad_active() -> bool:
     return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
 
 
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
 def _plain_cpu_layout(input, tensors):
     """The layout cbp reads input in, or None when the call must go to PyTorch."""
     if type(input) not in _PLAIN or input.device.type != "cpu" or input.dtype not in _DTYPES:
@@ -106,6 +109,8 @@ def _plain_cpu_layout(input, tensors):
                 or t.layout != torch.strided or t.dim() != 1 or t.numel() != input.shape[1]):
             return None
     if torch.jit.is_tracing() or torch.jit.is_scripting() or _forward_ad_active():
+        return None
+    if _functorch_active():  # torch.func.vmap / grad wrap tensors that have no NumPy view
         return None
     if torch.compiler.is_compiling():
         return None
