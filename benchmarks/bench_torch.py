@@ -195,7 +195,6 @@ def run_e2e(args):
 # ---------------------------------------------------------------------------
 
 def _ddp_worker(rank, world, port, outfile, repeat, batch, size):
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=120))
@@ -239,7 +238,8 @@ def run_ddp(args):
     batch, size = (32, 112) if not args.smoke else (4, 16)
     outfile = os.path.join(HERE, "results", f".ddp-{os.getpid()}.json")
     os.makedirs(os.path.dirname(outfile), exist_ok=True)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    if sys.platform.startswith("linux"):  # gloo on the loopback interface only
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     ctx = mp.spawn(_ddp_worker, args=(2, _free_port(), outfile, args.repeat, batch, size),
                    nprocs=2, join=False)
     deadline = time.monotonic() + 1200

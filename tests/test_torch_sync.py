@@ -7,6 +7,7 @@ a rank that hangs in a collective is killed and the test fails.
 """
 import os
 import socket
+import sys
 import time
 
 import pytest
@@ -43,8 +44,9 @@ def _free_port():
 
 def _spawn(world, tmp_path, monkeypatch):
     sizes, ddp_sizes = RUNS[world]
-    # gloo on the loopback interface only; one thread per rank on a 2-core machine
-    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    # gloo on the loopback interface only (Linux names it lo); one thread per rank
+    if sys.platform.startswith("linux"):
+        monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     ctx = mp.spawn(worker.main, args=(world, _free_port(), str(tmp_path), sizes, STEPS,
                                       ddp_sizes), nprocs=world, join=False)
