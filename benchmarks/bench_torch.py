@@ -271,7 +271,10 @@ def markdown(res):
     meta = res["meta"]
     out.append(f"cbp.torch benchmark, {meta['date']}, {meta['cpu']} ({meta['cpus']} CPUs), "
                f"torch {meta['torch']}, cbp {meta['cbp']} (isa {meta['isa']}); median of "
-               f"{meta['repeat']} runs after 2 warm-ups, ms")
+               f"{meta['repeat']} runs after 2 warm-ups, ms; load average "
+               f"{meta['load_average_start'][0]:.2f} at start, "
+               f"{meta.get('load_average_end', [float('nan')])[0]:.2f} at end; "
+               f"OMP_WAIT_POLICY={meta['omp_wait_policy'] or 'unset'}")
     if res.get("layer"):
         out += ["", "Per layer, BatchNorm2d training forward + backward, float32:", "",
                 "| shape | format | threads | PyTorch ms | cbp.torch ms | PyTorch / cbp |",
@@ -309,7 +312,8 @@ def main(argv=None):
     res = {"meta": dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), cpu=_cpu_model(), cpus=os.cpu_count(), torch=torch.__version__,
         cbp=cbp.__version__, isa=cfg.get("isa"), repeat=args.repeat, threads=args.threads,
-        smoke=args.smoke, parts=parts)}
+        smoke=args.smoke, parts=parts, load_average_start=list(os.getloadavg()),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))}
     old = torch.get_num_threads()
     try:
         if "layer" in parts:
@@ -320,6 +324,7 @@ def main(argv=None):
             res["ddp"] = run_ddp(args)
     finally:
         torch.set_num_threads(old)
+    res["meta"]["load_average_end"] = list(os.getloadavg())
     if args.json and args.json != "none":
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
