@@ -8,7 +8,6 @@ called (the `cbp_only` fixture), so a silent fallback cannot make a test pass.
 import copy
 import itertools
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -330,7 +329,8 @@ def test_replace_batch_norm_keeps_tensors():
     model.eval()
     out = ct.replace_batch_norm(model)
     assert out is model
-    kinds = [type(m) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    kinds = [type(m) for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert kinds == [ct.BatchNorm2d, ct.BatchNorm2d, ct.BatchNorm1d]
     after = model.state_dict(keep_vars=True)
     assert list(after) == list(before)
