@@ -104,6 +104,42 @@ CASES = [
 ]
 
 
+def check_options():
+    """Affine off, running statistics, return_stats and param_grads="local" through cbp.mpi,
+    against the single-process call on the whole batch (float64)."""
+    rank, size = COMM.rank, COMM.size
+    x, dy, _, _ = make_batch((13, 3, 4, 2), "NCHW", np.float64, seed=77, offset_ratio=10.0)
+    sizes = shard_sizes(13, size, 1)  # the last rank's shard is empty
+    lo = sum(sizes[:rank])
+    xs, dys = x[lo:lo + sizes[rank]], dy[lo:lo + sizes[rank]]
+    rm, rv = np.full(3, 0.5), np.full(3, 2.0)
+    y, mean, inv_std, st = cbp.mpi.batch_norm_forward(
+        xs, comm=COMM, running_mean=rm, running_var=rv, momentum=0.25, return_stats=True)
+    dx, ds_local, db_local = cbp.mpi.batch_norm_backward(xs, dys, mean, inv_std, comm=COMM,
+                                                         param_grads="local")
+    rm1, rv1 = np.full(3, 0.5), np.full(3, 2.0)
+    y1, mean1, inv1, st1 = cbp.batch_norm_forward(x, running_mean=rm1, running_var=rv1,
+                                                  momentum=0.25, return_stats=True)
+    dx1, _, _ = cbp.batch_norm_backward(x, dy, mean1, inv1, None)
+    want_ds, want_db = cbp.channel_backprop_stats(xs, dys, mean, inv_std) if sizes[rank] \
+        else (np.zeros(3), np.zeros(3))
+    local_ok = (rel(ds_local, want_ds, 1.0) < 1e-12 and rel(db_local, want_db, 1.0) < 1e-12)
+    gathered = COMM.gather((y, dx, local_ok), root=0)
+    if rank != 0:
+        return None
+    d = {
+        "y_rel": rel(np.concatenate([g[0] for g in gathered]), y1),
+        "dx_rel": rel(np.concatenate([g[1] for g in gathered]), dx1),
+        "running_mean_rel": rel(rm, rm1), "running_var_rel": rel(rv, rv1),
+        "stats_var_rel": rel(st.var, st1.var), "count_equal": st.count == st1.count,
+        "local_param_grads": all(g[2] for g in gathered),
+    }
+    d["ok"] = bool(d["count_equal"] and d["local_param_grads"]
+                   and max(d["y_rel"], d["dx_rel"], d["running_mean_rel"],
+                           d["running_var_rel"], d["stats_var_rel"]) < 1e-12)
+    return d
+
+
 def check_errors():
     for bad, exc in (("world", TypeError), (MPI.COMM_NULL, ValueError)):
         try:
@@ -122,6 +158,10 @@ def main():
         if d is not None:
             d.update(case=i, shape=list(shape), layout=layout, dtype=np.dtype(dtype).name)
             results.append(d)
+    d = check_options()
+    if d is not None:
+        d.update(case="options")
+        results.append(d)
     if COMM.rank == 0:
         ok = all(d["ok"] for d in results)
         print(json.dumps({"ranks": COMM.size, "ok": ok, "cases": results}), flush=True)

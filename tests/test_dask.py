@@ -116,6 +116,20 @@ def test_other_ranks_synchronous(shape):
     _check(x, dy, scale, bias, "NCHW", X, da.from_array(dy, chunks=3), "synchronous")
 
 
+def test_affine_off_synchronous():
+    """scale=None / bias=None are the identity, as in cbp's own functions."""
+    x, dy, _, _ = make_batch((8, 3, 4, 4), "NHWC", np.float64, seed=5)
+    X, DY = da.from_array(x, chunks=(3, 4, 4, 3)), da.from_array(dy, chunks=(3, 4, 4, 3))
+    y, mean, inv_std = dask.compute(*cd.batch_norm_forward(X, layout="NHWC"),
+                                    scheduler="synchronous")
+    dx, ds, db = dask.compute(*cd.batch_norm_backward(X, DY, mean, inv_std, layout="NHWC"),
+                              scheduler="synchronous")
+    y1, _, _ = cbp.batch_norm_forward(x, np.ones(3), np.zeros(3), layout="NHWC")
+    dx1, ds1, db1 = cbp.batch_norm_backward(x, dy, mean, inv_std, np.ones(3), layout="NHWC")
+    assert rel(y, y1) < 1e-12 and rel(dx, dx1) < 1e-12
+    assert rel(ds, ds1) < 1e-12 and rel(db, db1) < 1e-12
+
+
 def test_empty_batch():
     x = np.zeros((0, 3, 2, 2), np.float32)
     X = da.from_array(x, chunks=1)

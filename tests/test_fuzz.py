@@ -4,7 +4,7 @@ Each example draws one call: a function, x (and dy) of any dtype, ndim 0-7,
 zero sizes, contiguous or strided or misaligned or masked or a list, values
 of any magnitude in the float32 range (float64: 1e-150 to 1e150) with
 occasional NaN and Inf, per-channel vectors in every form (arrays of either
-float dtype, lists, ints, None, strings, wrong lengths, masked), eps, count,
+float dtype, lists, integer arrays, None, strings, wrong lengths, masked), eps, count,
 num_threads, layout and out. At most one argument is made invalid on purpose.
 
 The oracle (written here, independent of cbp's own checks) says whether the
@@ -140,11 +140,15 @@ def calls(draw):
     elif form == "fortran":
         args["x"] = np.asfortranarray(x)
     for k in list(args["vec"]):
-        vform = draw(st.sampled_from(["f64", "f64", "f32", "list"]))
+        vform = draw(st.sampled_from(["f64", "f64", "f32", "list", "int", "none"]))
         if vform == "f32" and k not in ("mean", "var", "inv_std"):  # statistics stay exact
             args["vec"][k] = args["vec"][k].astype(np.float32)
         elif vform == "list":
             args["vec"][k] = args["vec"][k].tolist()
+        elif vform == "int" and k in ("scale", "bias", "dscale", "dbias"):
+            args["vec"][k] = np.clip(np.rint(args["vec"][k]), -1e6, 1e6).astype(np.int64)
+        elif vform == "none" and k in ("scale", "bias"):
+            args["vec"][k] = None  # the identity affine
 
     if func in HAS_OUT and draw(st.integers(0, 2)) == 0:
         kind = draw(st.sampled_from(["new", "misaligned", "x", "dy"]))
@@ -218,6 +222,8 @@ def _spoil(draw, args, rng):
         args["out"] = None
     elif what.startswith("vec"):
         k = draw(st.sampled_from(sorted(args["vec"])))
+        if args["vec"][k] is None:
+            args["vec"][k] = np.ones(C)
         v = np.asarray(args["vec"][k], dtype=np.float64)
         if what == "vec_len":
             args["vec"][k] = np.ones(C + draw(st.sampled_from([1, -1])))
@@ -226,6 +232,8 @@ def _spoil(draw, args, rng):
             args["vec"][k] = "abc"
             args["expect"] = Bad(TypeError, k)
         elif what == "vec_none":
+            if k in ("scale", "bias"):
+                return  # None is the identity affine there
             args["vec"][k] = None
             args["expect"] = Bad(TypeError, k)
         elif what == "vec_2d":
@@ -361,7 +369,8 @@ def _judge(a, result):
     badx = _bad_channels(x, layout, C)
     M = x.size // C if C else 0
     x2 = ref.to_mc(x, layout) if C else np.zeros((0, 0))
-    v = {k: _f64(val) for k, val in a["vec"].items()}
+    v = {k: (np.full(C, 1.0 if k == "scale" else 0.0) if val is None else _f64(val))
+         for k, val in a["vec"].items()}
     with np.errstate(all="ignore"):
         if name == "channel_stats":
             assert result.count == M

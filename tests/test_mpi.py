@@ -60,7 +60,7 @@ def test_sync_batch_norm_equals_single_process(n):
     assert len(lines) == 1, proc.stdout
     res = json.loads(lines[0])
     assert res["ranks"] == n and res["ok"]
-    assert len(res["cases"]) == 6 and all(c["ok"] for c in res["cases"])
+    assert len(res["cases"]) == 7 and all(c["ok"] for c in res["cases"]), res["cases"]
 
 
 def test_example_train_step():

@@ -11,6 +11,7 @@ from ._api import (
     batch_norm_inference,
     channel_backprop_stats,
     channel_stats,
+    update_running_stats,
 )
 from ._config import get_include, plan_info, show_config
 from ._stats import ChannelStats
@@ -32,4 +33,5 @@ __all__ = [
     "sync_batch_norm_backward",
     "sync_batch_norm_forward",
     "sync_channel_stats",
+    "update_running_stats",
 ]

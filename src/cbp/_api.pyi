@@ -1,6 +1,8 @@
 
 
 import numpy as np
+from typing import Literal, overload
+
 from numpy.typing import ArrayLike, NDArray
 
 from ._stats import ChannelStats
@@ -12,9 +14,11 @@ __all__ = [
     "batch_norm_backward",
     "batch_norm_forward",
     "batch_norm_inference",
+    "update_running_stats",
 ]
 
 _Layout = str  # "NCHW" or "NHWC"
+_MomentumOf = str  # "batch" (PyTorch) or "running" (ONNX, Caffe2, Keras)
 _F64 = NDArray[np.float64]
 _Floating = NDArray[np.floating]
 
@@ -35,7 +39,7 @@ def batch_norm_dx(
     dy: ArrayLike,
     mean: ArrayLike,
     inv_std: ArrayLike,
-    scale: ArrayLike,
+    scale: ArrayLike | None,
     dscale: ArrayLike,
     dbias: ArrayLike,
     count: int,
@@ -49,26 +53,62 @@ def batch_norm_backward(
     dy: ArrayLike,
     mean: ArrayLike,
     inv_std: ArrayLike,
-    scale: ArrayLike,
+    scale: ArrayLike | None,
     *,
     layout: _Layout = "NCHW",
     out: _Floating | None = None,
     num_threads: int | None = None,
 ) -> tuple[_Floating, _F64, _F64]: ...
+@overload
 def batch_norm_forward(
     x: ArrayLike,
-    scale: ArrayLike,
-    bias: ArrayLike,
+    scale: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
     *,
     eps: float = 1e-5,
     layout: _Layout = "NCHW",
     out: _Floating | None = None,
     num_threads: int | None = None,
+    running_mean: _Floating | None = None,
+    running_var: _Floating | None = None,
+    momentum: float | None = 0.1,
+    momentum_of: _MomentumOf = "batch",
+    unbiased: bool = True,
+    num_batches_tracked: int | None = None,
+    return_stats: Literal[False] = False,
 ) -> tuple[_Floating, _F64, _F64]: ...
+@overload
+def batch_norm_forward(
+    x: ArrayLike,
+    scale: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    *,
+    eps: float = 1e-5,
+    layout: _Layout = "NCHW",
+    out: _Floating | None = None,
+    num_threads: int | None = None,
+    running_mean: _Floating | None = None,
+    running_var: _Floating | None = None,
+    momentum: float | None = 0.1,
+    momentum_of: _MomentumOf = "batch",
+    unbiased: bool = True,
+    num_batches_tracked: int | None = None,
+    return_stats: Literal[True],
+) -> tuple[_Floating, _F64, _F64, ChannelStats]: ...
+def update_running_stats(
+    running_mean: _Floating | None,
+    running_var: _Floating | None,
+    stats: ChannelStats,
+    *,
+    momentum: float | None = 0.1,
+    momentum_of: _MomentumOf = "batch",
+    unbiased: bool = True,
+    num_batches_tracked: int | None = None,
+) -> None: ...
 def batch_norm_inference(
     x: ArrayLike,
-    scale: ArrayLike,
-    bias: ArrayLike,
+    scale: ArrayLike | None,
+    bias: ArrayLike | None,
     mean: ArrayLike,
     var: ArrayLike,
     *,

@@ -169,20 +169,51 @@ def gradient_inputs(x, dy, mean, inv_std, layout: str):
 
 def check_channel_kind(arr, name: str, channels: int) -> None:
     """dtype and shape rules of a per-channel vector (NumPy or dask)."""
-    if arr.dtype.kind != "f":  # real floating; 8x cheaper than np.issubdtype
-        raise TypeError(f"{name} must be a floating-point array of length {channels}, "
-                        f"got dtype {arr.dtype}")
+    if arr.dtype.kind not in "fiu":  # real numbers; 8x cheaper than np.issubdtype
+        raise TypeError(f"{name} must be a real array-like of length {channels} (floats or "
+                        f"integers), got an array of dtype {arr.dtype}")
     if arr.shape != (channels,):
         raise ValueError(f"{name} must have shape ({channels},) (one value per channel), "
                          f"got {arr.shape}")
 
 
+def _describe(value) -> str:
+    """What a caller passed, for a message: its type and a short repr."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}" if value is not None else "None"
+
+
+def _as_channel_array(value, name: str, channels: int) -> np.ndarray:
+    """np.asarray of a non-ndarray per-channel argument, with a message naming what it was."""
+    if value is None:
+        raise TypeError(f"{name} must be a real array-like of length {channels}, got None")
+    refuse_masked(value, name)
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged lists, objects numpy cannot read
+        raise TypeError(f"{name} must be a real array-like of length {channels}, got "
+                        f"{_describe(value)} ({exc})") from None
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real array-like of length {channels} (floats or "
+                        f"integers), got {_describe(value)}")
+    return arr
+
+
 def channel_vector(v, name: str, channels: int, *, finite=False, positive=False,
-                   nonnegative=False) -> np.ndarray:
-    """A per-channel vector: 1-D, length C, real floating; returned as float64."""
-    if type(v) is not np.ndarray:
-        refuse_masked(v, name)
-    arr = np.asarray(v)
+                   nonnegative=False, default=None) -> np.ndarray:
+    """A per-channel vector: 1-D, length C, real (floats or integers); returned as float64.
+
+    With ``default`` given, None stands for the vector filled with it (``scale=None``
+    is the identity scale, ``bias=None`` no bias).
+    """
+    if type(v) is np.ndarray:
+        arr = v
+    elif v is None and default is not None:
+        return np.full(channels, float(default))
+    else:
+        arr = _as_channel_array(v, name, channels)
     check_channel_kind(arr, name, channels)
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     if not arr.flags.aligned:
@@ -214,13 +245,53 @@ def positive_scalar(value, name: str) -> float:
     return v
 
 
-def count_arg(count) -> int:
+def count_arg(count, local: int) -> int:
+    """The (global) elements per channel of a dX call; 0 only when x itself is empty."""
     if isinstance(count, bool) or not isinstance(count, numbers.Integral):
         raise TypeError(f"count must be an integer (elements per channel), "
                         f"got {type(count).__name__} {count!r}")
-    if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
+    if count < (1 if local else 0):
+        raise ValueError(f"count must be >= 1 (>= 0 for an empty x), got {count}")
     return int(count)
+
+
+def momentum_arg(momentum, num_batches_tracked) -> float:
+    """The weight of the batch in a running-statistics update (see update_running_stats)."""
+    if momentum is None:
+        if (isinstance(num_batches_tracked, bool)
+                or not isinstance(num_batches_tracked, numbers.Integral)):
+            raise TypeError("num_batches_tracked must be an integer (the batches already "
+                            "averaged into the running statistics) when momentum is None "
+                            f"(the cumulative average), got {_describe(num_batches_tracked)}")
+        if num_batches_tracked < 0:
+            raise ValueError(f"num_batches_tracked must be >= 0, got {num_batches_tracked}")
+        return 1.0 / (int(num_batches_tracked) + 1)
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"momentum must be a real number in [0, 1] or None, got "
+                        f"{_describe(momentum)}")
+    m = float(momentum)
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+    return m
+
+
+def running_buffer(buf, name: str, channels: int):
+    """A running statistic updated in place: a writeable floating ndarray of shape (C,)."""
+    if buf is None:
+        return None
+    if not isinstance(buf, np.ndarray) or isinstance(buf, (np.matrix, _MASKED)):
+        raise TypeError(f"{name} must be a writeable numpy.ndarray of shape ({channels},) "
+                        f"(it is updated in place), got {_describe(buf)}")
+    if buf.dtype.kind != "f":
+        raise TypeError(f"{name} must have a floating dtype (it is updated in place), "
+                        f"got {buf.dtype}")
+    if buf.shape != (channels,):
+        raise ValueError(f"{name} must have shape ({channels},) (one value per channel), "
+                         f"got {buf.shape}")
+    if not buf.flags.writeable:
+        raise ValueError(f"{name} must be writeable (it is updated in place), got a "
+                         "read-only array")
+    return buf
 
 
 def output(out, x: Canonical, reads: tuple) -> Canonical:

@@ -74,8 +74,11 @@ def _bcast_shape(C, cax, ndim):
     return tuple(shape)
 
 
-def _per_channel(vec, name, C, cchunks, cax, ndim, **checks):
-    """A per-channel vector (NumPy or dask, length C) as a broadcastable dask array."""
+def _per_channel(vec, name, C, cchunks, cax, ndim, default=None, **checks):
+    """A per-channel vector (NumPy or dask, length C) as a broadcastable dask array;
+    None is ``default`` in every channel when one is given (scale 1, bias 0)."""
+    if vec is None and default is not None:
+        vec = np.full(C, float(default))
     if isinstance(vec, da.Array):
         v.check_channel_kind(vec, name, C)
         vec = vec.astype(np.float64)
@@ -186,8 +189,8 @@ def channel_stats(x, *, layout="NCHW", num_threads=None, split_every=None, compu
     return ChannelStats(count, s["mean"], s["m2"])
 
 
-def batch_norm_forward(x, scale, bias, *, eps=1e-5, layout="NCHW", num_threads=None,
-                       split_every=None):
+def batch_norm_forward(x, scale=None, bias=None, *, eps=1e-5, layout="NCHW",
+                       num_threads=None, split_every=None):
     """Training-mode batch norm of a dask array: lazy ``(y, mean, inv_std)``.
 
     y is a dask array chunked like x (x's dtype); mean and inv_std are float64
@@ -199,8 +202,8 @@ def batch_norm_forward(x, scale, bias, *, eps=1e-5, layout="NCHW", num_threads=N
     cax = _channel_axis(layout, x.ndim)
     C = x.shape[cax]
     cchunks = x.chunks[cax]
-    scale_b = _per_channel(scale, "scale", C, cchunks, cax, x.ndim)
-    bias_b = _per_channel(bias, "bias", C, cchunks, cax, x.ndim)
+    scale_b = _per_channel(scale, "scale", C, cchunks, cax, x.ndim, default=1.0)
+    bias_b = _per_channel(bias, "bias", C, cchunks, cax, x.ndim, default=0.0)
     eps = v.positive_scalar(eps, "eps")
     nt = _threads(num_threads)
 
@@ -215,8 +218,8 @@ def batch_norm_forward(x, scale, bias, *, eps=1e-5, layout="NCHW", num_threads=N
     return y, mean, inv_std
 
 
-def batch_norm_backward(x, dy, mean, inv_std, scale, *, layout="NCHW", num_threads=None,
-                        split_every=None):
+def batch_norm_backward(x, dy, mean, inv_std, scale=None, *, layout="NCHW",
+                        num_threads=None, split_every=None):
     """Batch-norm backward of a dask array: lazy ``(dx, dscale, dbias)``.
 
     ``mean`` and ``inv_std`` (NumPy or dask, shape (C,)) are the batch's
@@ -235,7 +238,7 @@ def batch_norm_backward(x, dy, mean, inv_std, scale, *, layout="NCHW", num_threa
     cchunks = x.chunks[cax]
     mean_b = _per_channel(mean, "mean", C, cchunks, cax, x.ndim, finite=True)
     inv_b = _per_channel(inv_std, "inv_std", C, cchunks, cax, x.ndim, positive=True)
-    scale_b = _per_channel(scale, "scale", C, cchunks, cax, x.ndim)
+    scale_b = _per_channel(scale, "scale", C, cchunks, cax, x.ndim, default=1.0)
     nt = _threads(num_threads)
     count = math.prod(x.shape) // C if C else 0
     assert isinstance(count, numbers.Integral)

@@ -34,6 +34,7 @@ from ._api import (
     channel_backprop_stats,
     channel_stats,
 )
+from ._running import running_update as _running_update
 from ._stats import ChannelStats
 
 __all__ = ["sync_channel_stats", "sync_batch_norm_forward", "sync_batch_norm_backward"]
@@ -112,22 +113,33 @@ def sync_channel_stats(x, *, allreduce, layout="NCHW", num_threads=None) -> Chan
     return _sync_stats(xc.array, layout, xc.channels, allreduce, nt)
 
 
-def sync_batch_norm_forward(x, scale, bias, *, allreduce, eps=1e-5, layout="NCHW", out=None,
-                            num_threads=None):
+def sync_batch_norm_forward(x, scale=None, bias=None, *, allreduce, eps=1e-5, layout="NCHW",
+                            out=None, num_threads=None, running_mean=None, running_var=None,
+                            momentum=0.1, momentum_of="batch", unbiased=True,
+                            num_batches_tracked=None, return_stats=False):
     """Training-mode batch norm with statistics of the whole distributed batch.
 
     Returns ``(y, mean, inv_std)`` like :func:`cbp.batch_norm_forward`: y is
     this shard normalized with the global mean and biased variance (x's dtype),
     mean and inv_std are float64 and identical on every process. Two
     collectives. If the whole batch is empty: mean 0, inv_std 1/sqrt(eps).
+    ``scale=None`` / ``bias=None`` are the identity affine.
+
+    ``return_stats=True`` appends the global :class:`ChannelStats`.
+    ``running_mean`` / ``running_var`` are updated in place from the global
+    statistics (the global count for the unbiased variance, as PyTorch's
+    SyncBatchNorm does), with the options of :func:`cbp.update_running_stats`;
+    every process updates its own copy identically.
     """
     _check_allreduce(allreduce)
     layout = v.check_layout(layout)
     xc = v.activation(x, "x", layout)
     C = xc.channels
-    scale = v.channel_vector(scale, "scale", C)
-    bias = v.channel_vector(bias, "bias", C)
+    scale = v.channel_vector(scale, "scale", C, default=1.0)
+    bias = v.channel_vector(bias, "bias", C, default=0.0)
     eps = v.positive_scalar(eps, "eps")
+    update = _running_update(running_mean, running_var, C, momentum, momentum_of, unbiased,
+                             num_batches_tracked)
     nt = v.resolve_threads(num_threads)
     res = v.output(out, xc, (xc.array,))  # check before any collective
     stats = _sync_stats(xc.array, layout, C, allreduce, nt)
@@ -139,24 +151,39 @@ def sync_batch_norm_forward(x, scale, bias, *, allreduce, eps=1e-5, layout="NCHW
     # caller never passed.
     if xc.array.size:
         _kernels.affine(xc.block, stats.mean, scale / np.sqrt(var + eps), bias, res.block, nt)
-    return res.result(), np.array(stats.mean), inv_std
+    y = res.result()
+    if update is not None:
+        update(stats)
+    if return_stats:
+        return y, np.array(stats.mean), inv_std, stats
+    return y, np.array(stats.mean), inv_std
 
 
-def sync_batch_norm_backward(x, dy, mean, inv_std, scale, *, allreduce, layout="NCHW",
-                             out=None, num_threads=None):
+_PARAM_GRADS = ("global", "local")
+
+
+def sync_batch_norm_backward(x, dy, mean, inv_std, scale=None, *, allreduce, layout="NCHW",
+                             out=None, num_threads=None, param_grads="global"):
     """Batch-norm backward over the whole distributed batch: ``(dx, dscale, dbias)``.
 
     ``mean`` and ``inv_std`` are the global statistics (from
-    :func:`sync_batch_norm_forward`). dscale and dbias are the sums over the
+    :func:`sync_batch_norm_forward`). dx is this shard's exact share of the
+    gradient of the whole batch. One collective of 2C + 1 values.
+    ``scale=None`` is the identity scale.
+
+    ``param_grads="global"`` (default): dscale and dbias are the sums over the
     whole batch (float64, identical on every process, already reduced: do not
-    all-reduce them again); dx is this shard's exact share of the gradient of
-    the whole batch. One collective of 2C + 1 values.
+    all-reduce them again). ``param_grads="local"``: they are this shard's own
+    sums, as PyTorch's SyncBatchNorm returns them for DistributedDataParallel
+    to average with every other parameter's gradient; dx is the same.
     """
     _check_allreduce(allreduce)
+    if not isinstance(param_grads, str) or param_grads not in _PARAM_GRADS:
+        raise ValueError(f"param_grads must be 'global' or 'local', got {param_grads!r}")
     layout = v.check_layout(layout)
     xc, dyc, mean, inv_std = v.gradient_inputs(x, dy, mean, inv_std, layout)
     C = xc.channels
-    scale = v.channel_vector(scale, "scale", C)
+    scale = v.channel_vector(scale, "scale", C, default=1.0)
     nt = v.resolve_threads(num_threads)
     v.output(out, xc, (xc.array, dyc.array))  # check before any collective
     n_i = xc.count if C else 0
@@ -164,6 +191,7 @@ def sync_batch_norm_backward(x, dy, mean, inv_std, scale, *, allreduce, layout="
     if n_i:
         buf[:C], buf[C:2 * C] = channel_backprop_stats(xc.array, dyc.array, mean, inv_std,
                                                        layout=layout, num_threads=nt)
+    local = (np.array(buf[:C]), np.array(buf[C:2 * C])) if param_grads == "local" else None
     buf[2 * C] = n_i
     buf = _reduce(allreduce, buf)
     n = _global_count(buf[2 * C], n_i)
@@ -174,4 +202,6 @@ def sync_batch_norm_backward(x, dy, mean, inv_std, scale, *, allreduce, layout="
     dbias = np.array(buf[C:2 * C])
     dx = batch_norm_dx(xc.array, dyc.array, mean, inv_std, scale, dscale, dbias, n,
                        layout=layout, out=out, num_threads=nt)
+    if local is not None:
+        return (dx, *local)
     return dx, dscale, dbias

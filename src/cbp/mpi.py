@@ -65,19 +65,24 @@ def channel_stats(x, *, comm=None, layout="NCHW", num_threads=None):
                               num_threads=num_threads)
 
 
-def batch_norm_forward(x, scale, bias, *, comm=None, eps=1e-5, layout="NCHW", out=None,
-                       num_threads=None):
-    """:func:`cbp.sync_batch_norm_forward` over ``comm``: ``(y, mean, inv_std)``."""
+def batch_norm_forward(x, scale=None, bias=None, *, comm=None, eps=1e-5, layout="NCHW",
+                       out=None, num_threads=None, **options):
+    """:func:`cbp.sync_batch_norm_forward` over ``comm``: ``(y, mean, inv_std)``.
+
+    ``options`` are those of :func:`cbp.sync_batch_norm_forward` (running
+    statistics, ``momentum``, ``return_stats``, ...).
+    """
     return sync_batch_norm_forward(x, scale, bias, allreduce=make_allreduce(comm), eps=eps,
-                                   layout=layout, out=out, num_threads=num_threads)
+                                   layout=layout, out=out, num_threads=num_threads, **options)
 
 
-def batch_norm_backward(x, dy, mean, inv_std, scale, *, comm=None, layout="NCHW", out=None,
-                        num_threads=None):
+def batch_norm_backward(x, dy, mean, inv_std, scale=None, *, comm=None, layout="NCHW",
+                        out=None, num_threads=None, param_grads="global"):
     """:func:`cbp.sync_batch_norm_backward` over ``comm``: ``(dx, dscale, dbias)``.
 
-    dscale and dbias are already the sums over every rank.
+    dscale and dbias are already the sums over every rank (``param_grads="local"``:
+    this rank's own).
     """
     return sync_batch_norm_backward(x, dy, mean, inv_std, scale,
                                     allreduce=make_allreduce(comm), layout=layout, out=out,
-                                    num_threads=num_threads)
+                                    num_threads=num_threads, param_grads=param_grads)
