@@ -173,6 +173,16 @@ def test_vector_wrong_dtype(name, arg, bad):
         call(name, a)
 
 
+def _assert_same_result(name, got, want):
+    """Two results of the same function (a ChannelStats, an array or a tuple) are equal."""
+    if name == "channel_stats":
+        got, want = (got.mean, got.m2), (want.mean, want.m2)
+    elif not isinstance(got, tuple):
+        got, want = (got,), (want,)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
 @pytest.mark.parametrize("name,arg", VEC_CASES)
 @pytest.mark.parametrize("vd", [np.float16, np.float32, np.float64])
 def test_vector_floating_dtypes_accepted(name, arg, vd):
@@ -181,12 +191,7 @@ def test_vector_floating_dtypes_accepted(name, arg, vd):
     a[arg] = a[arg].astype(vd)
     got = call(name, a)
     want = call(name, dict(a, **{arg: a[arg].astype(np.float64)}))
-    if name == "channel_stats":
-        got, want = (got.mean, got.m2), (want.mean, want.m2)
-    elif not isinstance(got, tuple):
-        got, want = (got,), (want,)
-    for g, w in zip(got, want):
-        np.testing.assert_array_equal(g, w)
+    _assert_same_result(name, got, want)
 
 
 @pytest.mark.parametrize("name,arg", VEC_CASES)
@@ -205,12 +210,7 @@ def test_vector_real_array_likes_accepted(name, arg, kind):
         given = [int(t) for t in np.round(v)]
         want = call(name, dict(a, **{arg: np.array(given, dtype=np.float64)}))
     got = call(name, dict(a, **{arg: given}))
-    if name == "channel_stats":
-        got, want = (got.mean, got.m2), (want.mean, want.m2)
-    elif not isinstance(got, tuple):
-        got, want = (got,), (want,)
-    for g, w in zip(got, want):
-        np.testing.assert_array_equal(g, w)
+    _assert_same_result(name, got, want)
 
 
 REQUIRED_VECS = [(f, v) for f, v in VEC_CASES if v not in ("scale", "bias")]
