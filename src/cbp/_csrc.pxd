@@ -86,7 +86,6 @@ cdef extern from "cbp_kernels.h" nogil:
 
     # helpers (csrc/cbp_common.h)
     bint cbp_f32_sum_ok(double s) noexcept
-    bint cbp_f32_total_ok(double s) noexcept
     bint cbp_f32_coef_ok(double c) noexcept
     Py_ssize_t count_bad "cbp_count_bad"(const double* s1, const double* s2, Py_ssize_t st,
                                          Py_ssize_t m, double tiny) noexcept

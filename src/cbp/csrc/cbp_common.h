@@ -48,8 +48,8 @@
 #define CBP_INLINE static inline __attribute__((always_inline))
 #endif
 
-/* Kept out of line: the rare paths' bodies inlined into a hot loop cost
-   its registers (measured up to 1.4x the time of 7x7-plane backprop sums). */
+/* Kept out of line: the rare paths' bodies stay out of the hot loops that
+   call them. */
 #if defined(_MSC_VER)
 #define CBP_NOINLINE static __declspec(noinline)
 #else
@@ -80,21 +80,16 @@ static inline void cbp_stream_line(void *dst, const void *src)
 #endif
 }
 
-/* Range checks of the float32 paths (wide.h says why). A float32 partial sum
-   s (a sum of products or squares, as a double) is trusted when it is
-   finite and |s| >= CBP_F32_TINY: below that its terms may have lost digits
-   to underflow; an overflow anywhere left an inf or NaN. A plain sum of
-   inputs (no products) only needs to be finite. A float64 coefficient is used rounded to float32 when it is 0 or
-   a normal float32 with room below FLT_MAX. NaN fails every check. */
+/* Range checks of the float32 paths (wide.h says why). A float32 block sum
+   s of squares (as a double) is trusted when it is finite and
+   |s| >= CBP_F32_TINY: below that its terms may have lost digits to
+   underflow; an overflow anywhere left an inf or NaN. A float64 coefficient
+   is used rounded to float32 when it is 0 or a normal float32 with room
+   below FLT_MAX. NaN fails every check. */
 static inline int cbp_f32_sum_ok(double s)
 {
     double a = fabs(s);
     return a >= CBP_F32_TINY && a <= DBL_MAX;
-}
-
-static inline int cbp_f32_total_ok(double s)
-{
-    return fabs(s) <= DBL_MAX;
 }
 
 static inline int cbp_f32_coef_ok(double c)

@@ -83,12 +83,12 @@
 #define CBP_QUARTER_W 2048
 #define CBP_QUARTER_BYTES 4194304
 
-/* float32 partial sums of products or squares smaller than this are redone
-   in float64 (wide.h): each term can lose at most 2^-150 to underflow, so a
-   block of n <= 1024 terms whose sum is at least 2^-100 has lost at most
-   2^-40 of it. Exact zeros (a block of zero dy, a constant block) are redone
-   too, for the same result. Chosen by: the error bound (only data with
-   |x - mean| below ~1e-16, or zero blocks, take the float64 path). */
+/* Sums of n float32 products or squares smaller than n times this are
+   redone in float64 (wide.h): each term can lose at most 2^-150 to
+   underflow, so a sum of at least n * 2^-100 has lost at most 2^-50 of
+   itself. Exact zeros (zero dy, a constant channel) are redone too, for the
+   same result. Chosen by: the error bound (only data with |x - mean| below
+   ~1e-16, or zero and constant channels, take the float64 path). */
 #define CBP_F32_TINY 0x1p-100
 
 /* ---- SCHEDULE: speed only --------------------------------------------- */

@@ -7,10 +7,11 @@
    and the sweeps use coefficients rounded to float32. Well inside float32's
    range that costs nothing in accuracy; outside it a square overflows to inf
    (std >= ~3e18) or underflows to 0 (std <= ~1e-22), and a coefficient
-   rounds to inf or loses its digits as a subnormal. So the reductions check
-   each float32 partial sum where they flush it into float64 (cbp_f32_sum_ok,
-   cbp_common.h) and redo a block that fails here; the drivers check each
-   float32 coefficient (cbp_f32_coef_ok) and sweep a channel that fails here.
+   rounds to inf or loses its digits as a subnormal. So the drivers check
+   the float64 sums of float32 work once per unit and channel (cbp_count_bad,
+   cbp_common.h; plane_moments per block) and redo what fails here; they
+   check each float32 coefficient (cbp_f32_coef_ok) and sweep a channel that
+   fails here.
    Normal data never gets here, so these are written for clarity: fixed
    lanes added in a fixed order (the same bits for every instruction set),
    plain stores. NaN and Inf in the data also fail the checks; the float64
