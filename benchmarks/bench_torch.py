@@ -266,6 +266,11 @@ def run_ddp(args):
 
 # ---------------------------------------------------------------------------
 
+def _section(title, header, rule, lines):
+    """A titled markdown table, or nothing when the part did not run."""
+    return ["", title, "", header, rule] + lines if lines else []
+
+
 def markdown(res):
     out = []
     meta = res["meta"]
@@ -275,23 +280,20 @@ def markdown(res):
                f"{meta['load_average_start'][0]:.2f} at start, "
                f"{meta.get('load_average_end', [float('nan')])[0]:.2f} at end; "
                f"OMP_WAIT_POLICY={meta['omp_wait_policy'] or 'unset'}")
-    if res.get("layer"):
-        out += ["", "Per layer, BatchNorm2d training forward + backward, float32:", "",
-                "| shape | format | threads | PyTorch ms | cbp.torch ms | PyTorch / cbp |",
-                "|---|---|---:|---:|---:|---:|"]
-        out += [_layer_line(r) for r in res["layer"]]
-    if res.get("e2e"):
-        out += ["", "End to end, training step (forward, backward, SGD), float32:", "",
-                "| model | format | threads | PyTorch BN ms | cbp.torch BN ms | speedup |",
-                "|---|---|---:|---:|---:|---:|"]
-        out += [f"| {r['model']} | {r['format']} | {r['threads']} | {r['torch_ms']:.1f} | "
-                f"{r['cbp_ms']:.1f} | {r['speedup']:.2f} |" for r in res["e2e"]]
-    if res.get("ddp"):
-        out += ["", "2-process CPU DDP (gloo, 1 thread per rank), training step:", "",
-                "| model | batch norm | ms per step | vs PyTorch unsynchronized |",
-                "|---|---|---:|---:|"]
-        out += [f"| {r['model']} | {r['kind']} | {r['ms']:.1f} | "
-                f"{r['vs_torch_unsynchronized']:.2f} |" for r in res["ddp"]]
+    layer = [_layer_line(r) for r in res.get("layer") or []]
+    e2e = [f"| {r['model']} | {r['format']} | {r['threads']} | {r['torch_ms']:.1f} | "
+           f"{r['cbp_ms']:.1f} | {r['speedup']:.2f} |" for r in res.get("e2e") or []]
+    ddp = [f"| {r['model']} | {r['kind']} | {r['ms']:.1f} | "
+           f"{r['vs_torch_unsynchronized']:.2f} |" for r in res.get("ddp") or []]
+    out += _section("Per layer, BatchNorm2d training forward + backward, float32:",
+                    "| shape | format | threads | PyTorch ms | cbp.torch ms | PyTorch / cbp |",
+                    "|---|---|---:|---:|---:|---:|", layer)
+    out += _section("End to end, training step (forward, backward, SGD), float32:",
+                    "| model | format | threads | PyTorch BN ms | cbp.torch BN ms | speedup |",
+                    "|---|---|---:|---:|---:|---:|", e2e)
+    out += _section("2-process CPU DDP (gloo, 1 thread per rank), training step:",
+                    "| model | batch norm | ms per step | vs PyTorch unsynchronized |",
+                    "|---|---|---:|---:|", ddp)
     return "\n".join(out)
 
 
