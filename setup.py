@@ -74,9 +74,13 @@ CSRC = "src/cbp/csrc"
 # The C kernels: one table file per (element type, instruction set), the
 # dispatcher, the drivers' helpers and the runtime facts.
 KERNEL_SOURCES = sorted(os.path.join(CSRC, f) for f in os.listdir(CSRC) if f.endswith(".c"))
+# setuptools does not scan #includes: without this, an incremental build keeps
+# objects compiled from older headers.
+KERNEL_HEADERS = sorted(os.path.join(CSRC, f) for f in os.listdir(CSRC) if f.endswith(".h"))
 
 _ext_args = dict(
     include_dirs=[CSRC],
+    depends=KERNEL_HEADERS,
     # dladdr (the OpenMP runtime's path for show_config) is in libdl before glibc 2.34.
     libraries=["dl"] if sys.platform.startswith("linux") else [],
     extra_compile_args=compile_args,

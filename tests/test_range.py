@@ -173,6 +173,35 @@ def test_mixed_scales(shape, layout):
     _check_all(x, dy, layout)
 
 
+@pytest.mark.parametrize("shape,layout", PATHS, ids=PATH_IDS)
+def test_dead_channels(shape, layout):
+    # Near-zero sums whose terms are all exactly 0 are kept from the float32
+    # pass (csrc/wide.h, wide_exact); the others go to float64. Channels: 0
+    # all-zero x and dy, 1 constant x, 2 zero dy, 3 zero dy except one
+    # element, 4 values +-1e-30 around a constant (squares and products
+    # underflow in float32, yet they are not exact zeros), 5 and up: live.
+    # enough images that every path has units of several rows (short planes
+    # have a unit per image up to 64 images)
+    C = max(shape[1], 8)
+    N = 400 if shape == PATHS[1][0] else max(shape[0], 64)
+    shape = (N, C) + tuple(shape[2:])
+    x, dy = _data(shape, layout, [1.0] * C, np.linspace(-2, 3, C), seed=11)
+    ax = 1 if layout == "NCHW" else x.ndim - 1
+
+    def ch(c):
+        return (slice(None),) * ax + (c,)
+
+    x[ch(0)] = 0
+    dy[ch(0)] = 0
+    x[ch(1)] = np.float32(-3.5)
+    dy[ch(2)] = 0
+    dy[ch(3)] = 0
+    dy[ch(3)].flat[-1] = np.float32(1e-3)
+    rng = np.random.default_rng(4)
+    x[ch(4)] = np.float32(1e-30) * rng.choice([-1, 1], x[ch(4)].shape).astype(np.float32)
+    _check_all(x, dy, layout)
+
+
 def test_quarters_mixed_scales():
     # rows of 2048 channels, the mixed scales repeated across them
     rng = np.random.default_rng(5)

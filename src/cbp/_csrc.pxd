@@ -83,12 +83,19 @@ cdef extern from "cbp_kernels.h" nogil:
                                              Py_ssize_t nc, Py_ssize_t S, const double* mh,
                                              const double* a, const double* b,
                                              const double* k) noexcept
+    bint wide_exact "cbp_wide_exact"(const void* x, const void* dy, Py_ssize_t n,
+                                     const void* m) noexcept
+    void wide_exact_columns "cbp_wide_exact_columns"(const void* x, const void* dy,
+                                                     Py_ssize_t nrows, Py_ssize_t stride,
+                                                     Py_ssize_t w, Py_ssize_t last_w,
+                                                     const void* m,
+                                                     unsigned char* ok) noexcept
 
-    # helpers (csrc/cbp_common.h)
+    # helpers (csrc/cbp_common.h, csrc/checks.c)
     bint cbp_f32_sum_ok(double s) noexcept
     bint cbp_f32_coef_ok(double c) noexcept
-    Py_ssize_t count_bad "cbp_count_bad"(const double* s1, const double* s2, Py_ssize_t st,
-                                         Py_ssize_t m, double tiny) noexcept
+    bint any_bad "cbp_any_bad"(const double* s1, const double* s2, Py_ssize_t st,
+                               Py_ssize_t m, double tiny) noexcept
     void chan_merge "cbp_chan_merge"(double* n_a, double* mean_a, double* m2_a, double n_b,
                                      double mean_b, double m2_b) noexcept
     void* cbp_place(void* raw, const void* anchor, int slot) noexcept

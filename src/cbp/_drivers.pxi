@@ -34,6 +34,23 @@ cdef inline void finish_moments(double* mean, double* m2, Py_ssize_t c0,
             m2[c] = NAN
 
 
+# The float32 range check of the reductions (csrc/wide.h says why) runs on
+# each channel's totals, once per call: the column kernels' units can be a
+# few dozen rows, and a check per unit and column cost 1.1x-1.2x the time of
+# channel_stats on 32x2048x7x7 and 4096x1024. Where a total fails (not
+# finite, or a sum of squares or products below count * F32_TINY), the
+# reduction runs again with the check in every unit (`checked`), which redoes
+# the failing columns and channels of each unit in float64. Passing totals
+# need nothing more: float32 underflow costs each term at most 2^-150, so
+# their relative error stays below 2^-50; an overflow leaves an Inf or NaN
+# in the total. plane_moments checks its own blocks, so the NCHW moments of
+# long planes need no total check.
+
+cdef inline bint totals_bad(const double* s1, const double* s2, Py_ssize_t c0, Py_ssize_t c1,
+                            double count) noexcept nogil:
+    return any_bad(s1 + c0, s2 + c0, 1, c1 - c0, count * F32_TINY)
+
+
 # F32_COEF_MAX: magnitudes of float32 sweep terms and coefficients must stay
 # below it (room for the rounding and the additions of one element).
 DEF F32_COEF_MAX = 8.507059173023462e+37  # 2^126
@@ -136,6 +153,36 @@ cdef void sum_parts(const double* part, Py_ssize_t nparts, Py_ssize_t C, Py_ssiz
             sdx[c] = sdx[c] + row[2 * c + 1]
 
 
+cdef void nchw_totals(const double* part, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                      PlanePlan p, Py_ssize_t c0, Py_ssize_t c1, double* mean,
+                      double* m2) noexcept nogil:
+    # (mean, M2) of channels c0..c1 from the image groups' part [ng, C, 2], in group order
+    cdef Py_ssize_t c, g
+    cdef double cnt = 0.0, gcnt
+    for c in range(c0, c1):
+        mean[c] = 0.0
+        m2[c] = 0.0
+    for g in range(p.ng):
+        gcnt = <double>(((g + 1) * N // p.ng - g * N // p.ng) * S)
+        merge_into(mean + c0, m2 + c0, 1, part + 2 * (g * C + c0),
+                   part + 2 * (g * C + c0) + 1, 2, c1 - c0, cnt, gcnt)
+        cnt = cnt + gcnt
+
+
+cdef void rows_totals(const double* part, Py_ssize_t R, Py_ssize_t C, Py_ssize_t nparts,
+                      double* mean, double* m2) noexcept nogil:
+    # (mean, M2) per channel from the row units' part [nparts, C, 2], in unit order
+    cdef Py_ssize_t c, g
+    cdef double cnt = 0.0, gcnt
+    for c in range(C):
+        mean[c] = 0.0
+        m2[c] = 0.0
+    for g in range(nparts):
+        gcnt = <double>((g + 1) * R // nparts - g * R // nparts)
+        merge_into(mean, m2, 1, part + 2 * g * C, part + 2 * g * C + 1, 2, C, cnt, gcnt)
+        cnt = cnt + gcnt
+
+
 # ---------------------------------------------------------------------------
 # drivers
 
@@ -231,11 +278,17 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
             cb1 = min(p.ncb, cb0 + sb)
             c0 = cb0 * p.cb
             c1 = min(C, cb1 * p.cb)
-            rc = nchw_backprop_sums(x, dy, N, C, S, p, cb0, cb1, coef, part, nthreads)
+            rc = nchw_backprop_sums(x, dy, N, C, S, p, cb0, cb1, coef, False, part, nthreads)
             if rc != 0:
                 break
             # dbias holds the sums of dy, dscale those of dy * (x - mean_hi)
             sum_parts(part, p.ng, C, c0, c1, dbias, dscale)
+            if floating is float and totals_bad(dbias, dscale, c0, c1, <double>(N * S)):
+                rc = nchw_backprop_sums(x, dy, N, C, S, p, cb0, cb1, coef, True, part,
+                                        nthreads)
+                if rc != 0:
+                    break
+                sum_parts(part, p.ng, C, c0, c1, dbias, dscale)
             for c in range(c0, c1):
                 finish_backprop(c, dbias[c], dscale[c], mean, coef, inv_std, dscale, dbias)
             if out != NULL:
@@ -248,9 +301,13 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
             cb0 = cb1
     else:
         tile_coef(coef, C, k, coef_w)
-        rc = nhwc_backprop_sums(x, dy, N, C, coef_w, part, nthreads)
+        rc = nhwc_backprop_sums(x, dy, N, C, coef_w, False, part, nthreads)
         if rc == 0:
             sum_parts(part, nparts, C, 0, C, dbias, dscale)
+            if floating is float and totals_bad(dbias, dscale, 0, C, <double>N):
+                rc = nhwc_backprop_sums(x, dy, N, C, coef_w, True, part, nthreads)
+                sum_parts(part, nparts, C, 0, C, dbias, dscale)
+        if rc == 0:
             for c in range(C):
                 finish_backprop(c, dbias[c], dscale[c], mean, coef, inv_std, dscale, dbias)
             if out != NULL:
@@ -310,8 +367,7 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
                         int nthreads) noexcept nogil:
     """Per-channel (mean, M2); with out != NULL also inv_std and y (fused)."""
     cdef PlanePlan p
-    cdef Py_ssize_t nparts, k = column_widen(C), cb0, cb1, sb, c0, c1, c, g
-    cdef double cnt, gcnt
+    cdef Py_ssize_t nparts, k = column_widen(C), cb0, cb1, sb, c0, c1, c
     cdef double* part
     cdef floating* coef = NULL
     cdef floating* coef_w = NULL
@@ -344,18 +400,16 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
             cb1 = min(p.ncb, cb0 + sb)
             c0 = cb0 * p.cb
             c1 = min(C, cb1 * p.cb)
-            rc = nchw_moments(x, N, C, S, p, cb0, cb1, part, nthreads)
+            rc = nchw_moments(x, N, C, S, p, cb0, cb1, False, part, nthreads)
             if rc != 0:
                 break
-            for c in range(c0, c1):
-                mean[c] = 0.0
-                m2[c] = 0.0
-            cnt = 0.0
-            for g in range(p.ng):
-                gcnt = <double>(((g + 1) * N // p.ng - g * N // p.ng) * S)
-                merge_into(mean + c0, m2 + c0, 1, part + 2 * (g * C + c0),
-                           part + 2 * (g * C + c0) + 1, 2, c1 - c0, cnt, gcnt)
-                cnt = cnt + gcnt
+            nchw_totals(part, N, C, S, p, c0, c1, mean, m2)
+            if (floating is float and S < SHORT_PLANE
+                    and totals_bad(mean, m2, c0, c1, <double>(N * S))):
+                rc = nchw_moments(x, N, C, S, p, cb0, cb1, True, part, nthreads)
+                if rc != 0:
+                    break
+                nchw_totals(part, N, C, S, p, c0, c1, mean, m2)
             finish_moments(mean, m2, c0, c1)
             if out != NULL:
                 for c in range(c0, c1):
@@ -368,16 +422,13 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
                     break
             cb0 = cb1
     else:
-        rc = nhwc_moments(x, N, C, part, nthreads)
+        rc = nhwc_moments(x, N, C, False, part, nthreads)
         if rc == 0:
-            for c in range(C):
-                mean[c] = 0.0
-                m2[c] = 0.0
-            cnt = 0.0
-            for g in range(nparts):
-                gcnt = <double>((g + 1) * N // nparts - g * N // nparts)
-                merge_into(mean, m2, 1, part + 2 * g * C, part + 2 * g * C + 1, 2, C, cnt, gcnt)
-                cnt = cnt + gcnt
+            rows_totals(part, N, C, nparts, mean, m2)
+            if floating is float and totals_bad(mean, m2, 0, C, <double>N):
+                rc = nhwc_moments(x, N, C, True, part, nthreads)
+                rows_totals(part, N, C, nparts, mean, m2)
+        if rc == 0:
             finish_moments(mean, m2, 0, C)
             if out != NULL:
                 for c in range(C):

@@ -17,7 +17,7 @@
 
 cdef int nchw_backprop_unit(const floating* x, const floating* dy, Py_ssize_t N,
                             Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t u,
-                            const floating* mh, double* part) noexcept nogil:
+                            const floating* mh, bint checked, double* part) noexcept nogil:
     # part is [ng, C, 2]: (sum dy, sum dy * (x - mean_hi)) of image group g.
     cdef Py_ssize_t cb = u // p.ng, g = u % p.ng
     cdef Py_ssize_t c0 = cb * p.cb, c1 = min(C, c0 + p.cb)
@@ -34,18 +34,21 @@ cdef int nchw_backprop_unit(const floating* x, const floating* dy, Py_ssize_t N,
             off = (n * C + c) * S
             plane_backprop(x + off, dy + off, S, mh + c,
                            out + 2 * (c - c0), out + 2 * (c - c0) + 1)
-    if floating is float:
+    if floating is float and checked:
         # The float32 range check, per channel of the unit: not finite, or a
         # sum of products below n * TINY (where the float32 products may have
         # lost digits to underflow: each loses at most 2^-150), and the
-        # channel's planes of this unit are summed again in float64.
+        # channel's planes of this unit are summed again in float64, unless
+        # every product was exactly 0 (a dead channel: the sums are exact).
         tiny = <double>((n1 - n0) * S) * F32_TINY
-        if count_bad(out, out + 1, 2, c1 - c0, tiny) == 0:
+        if not any_bad(out, out + 1, 2, c1 - c0, tiny):
             return 0
         for c in range(c0, c1):
             sdy = out[2 * (c - c0)]
             sdx = out[2 * (c - c0) + 1]
             if isfinite(sdy) and isfinite(sdx) and fabs(sdx) >= tiny:
+                continue
+            if isfinite(sdy) and sdx == 0 and planes_exact(x, dy, N, C, S, n0, n1, c, mh + c):
                 continue
             sdy = 0.0
             sdx = 0.0
@@ -59,8 +62,21 @@ cdef int nchw_backprop_unit(const floating* x, const floating* dy, Py_ssize_t N,
     return 0
 
 
+cdef bint planes_exact(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t C,
+                       Py_ssize_t S, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t c,
+                       const floating* m) noexcept nogil:
+    # whether every product dy * (x - m) of channel c in images n0..n1 is 0
+    cdef Py_ssize_t n, off
+    for n in range(n0, n1):
+        off = (n * C + c) * S
+        if not wide_exact(x + off, dy + off, S, m):
+            return False
+    return True
+
+
 cdef int nchw_moments_unit(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                           PlanePlan p, Py_ssize_t u, double* part) noexcept nogil:
+                           PlanePlan p, Py_ssize_t u, bint checked,
+                           double* part) noexcept nogil:
     # part is [ng, C, 2]: (mean, M2) of image group g; its count is (n1 - n0) * S.
     cdef Py_ssize_t cb = u // p.ng, g = u % p.ng
     cdef Py_ssize_t c0 = cb * p.cb, c1 = min(C, c0 + p.cb), W = (c1 - c0) * S
@@ -82,7 +98,7 @@ cdef int nchw_moments_unit(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssi
     cs = <double*>malloc(2 * W * sizeof(double))
     if cs == NULL:
         return -1
-    if column_moments(x + (n0 * C + c0) * S, n1 - n0, C * S, W, W, False, cs) != 0:
+    if column_moments(x + (n0 * C + c0) * S, n1 - n0, C * S, W, W, False, checked, cs) != 0:
         free(cs)
         return -1
     for s in range(S):
@@ -94,22 +110,22 @@ cdef int nchw_moments_unit(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssi
 
 cdef int nchw_backprop_sums(const floating* x, const floating* dy, Py_ssize_t N,
                             Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t cb0,
-                            Py_ssize_t cb1, const floating* mh, double* part,
+                            Py_ssize_t cb1, const floating* mh, bint checked, double* part,
                             int nthreads) noexcept nogil:
     cdef Py_ssize_t u
     cdef int failed = 0
     for u in prange(cb0 * p.ng, cb1 * p.ng, schedule='static', num_threads=nthreads):
-        if nchw_backprop_unit(x, dy, N, C, S, p, u, mh, part) != 0:
+        if nchw_backprop_unit(x, dy, N, C, S, p, u, mh, checked, part) != 0:
             failed += 1
     return -1 if failed else 0
 
 
 cdef int nchw_moments(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                      PlanePlan p, Py_ssize_t cb0, Py_ssize_t cb1, double* part,
-                      int nthreads) noexcept nogil:
+                      PlanePlan p, Py_ssize_t cb0, Py_ssize_t cb1, bint checked,
+                      double* part, int nthreads) noexcept nogil:
     cdef Py_ssize_t u
     cdef int failed = 0
     for u in prange(cb0 * p.ng, cb1 * p.ng, schedule='static', num_threads=nthreads):
-        if nchw_moments_unit(x, N, C, S, p, u, part) != 0:
+        if nchw_moments_unit(x, N, C, S, p, u, checked, part) != 0:
             failed += 1
     return -1 if failed else 0

@@ -64,7 +64,7 @@ cdef inline void flush_backprop(floating* ady, floating* adx, double* colsum,
 
 cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows,
                          Py_ssize_t W, Py_ssize_t last_w, const floating* mh_w,
-                         bint quarters, double* colsum) noexcept nogil:
+                         bint quarters, bint checked, double* colsum) noexcept nogil:
     # colsum is [2, W]: per column sum dy and sum dy * (x - mh_w) over nrows
     # contiguous rows of W elements, the last row last_w.
     # With quarters, the q = full // 4 first rows of each quarter of the
@@ -104,10 +104,9 @@ cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows
             i = i + 1
         flush_backprop(ady, adx, colsum, W)
     free(raw)
-    if floating is float:
+    if floating is float and checked:
         return recheck_backprop(x, dy, nrows, W, last_w, mh_w, colsum)
-    else:
-        return 0
+    return 0
 
 
 # The float32 range check of the column kernels, once per unit and column: a
@@ -121,60 +120,86 @@ cdef inline bint column_ok(double s1, double s2, double n) noexcept nogil:
     return isfinite(s1) and isfinite(s2) and fabs(s2) >= n * F32_TINY
 
 
+cdef inline bint columns_bad(const double* s1, const double* s2, Py_ssize_t W,
+                            Py_ssize_t last_w, Py_ssize_t nrows) noexcept nogil:
+    # whether some column fails the check; those at or past last_w have one row fewer
+    return (any_bad(s1, s2, 1, last_w, nrows * F32_TINY) or
+            any_bad(s1 + last_w, s2 + last_w, 1, W - last_w, (nrows - 1) * F32_TINY))
+
+
 cdef int recheck_backprop(const floating* x, const floating* dy, Py_ssize_t nrows,
                           Py_ssize_t W, Py_ssize_t last_w, const floating* mh_w,
                           double* colsum) noexcept nogil:
-    cdef Py_ssize_t j
+    # Columns whose products were all exactly 0 (dead channels) are exact as
+    # they are; the rest of the failing ones are summed again in float64.
+    cdef Py_ssize_t j, redo = 0
     cdef double* w
-    if (count_bad(colsum, colsum + W, 1, last_w, nrows * F32_TINY) == 0 and
-            count_bad(colsum + last_w, colsum + W + last_w, 1, W - last_w,
-                      (nrows - 1) * F32_TINY) == 0):
+    cdef unsigned char* ok
+    if not columns_bad(colsum, colsum + W, W, last_w, nrows):
         return 0
-    w = <double*>malloc(3 * W * sizeof(double))
+    w = <double*>malloc(3 * W * sizeof(double) + W)
     if w == NULL:
         return -1
+    ok = <unsigned char*>(w + 3 * W)
+    wide_exact_columns(x, dy, nrows, W, W, last_w, mh_w, ok)
     for j in range(W):
-        w[j] = mh_w[j]
-    wide_columns(x, dy, nrows, W, W, last_w, w, w + W, w + 2 * W)
-    for j in range(W):
-        if not column_ok(colsum[j], colsum[W + j], <double>(nrows - (j >= last_w))):
-            colsum[j] = w[W + j]
-            colsum[W + j] = w[2 * W + j]
+        if not (ok[j] or column_ok(colsum[j], colsum[W + j], <double>(nrows - (j >= last_w)))):
+            redo = redo + 1
+    if redo:
+        for j in range(W):
+            w[j] = mh_w[j]
+        wide_columns(x, dy, nrows, W, W, last_w, w, w + W, w + 2 * W)
+        for j in range(W):
+            if not (ok[j] or column_ok(colsum[j], colsum[W + j],
+                                       <double>(nrows - (j >= last_w)))):
+                colsum[j] = w[W + j]
+                colsum[W + j] = w[2 * W + j]
     free(w)
     return 0
 
 
 cdef int recheck_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
                          Py_ssize_t W, Py_ssize_t last_w, double* colstats) noexcept nogil:
-    # colstats [2, W] (mean, M2); exact two-pass moments in float64 for the
-    # columns that fail the check
-    cdef Py_ssize_t j
+    # colstats [2, W] (mean, M2). A failing column that is constant (equal
+    # to its first row: a dead channel) has exactly that mean and M2 = 0;
+    # the other failing ones get exact two-pass moments in float64.
+    cdef Py_ssize_t j, redo = 0
     cdef double n
     cdef double* w
-    if (count_bad(colstats, colstats + W, 1, last_w, nrows * F32_TINY) == 0 and
-            count_bad(colstats + last_w, colstats + W + last_w, 1, W - last_w,
-                      (nrows - 1) * F32_TINY) == 0):
+    cdef unsigned char* ok
+    if not columns_bad(colstats, colstats + W, W, last_w, nrows):
         return 0
-    w = <double*>malloc(3 * W * sizeof(double))
+    w = <double*>malloc(3 * W * sizeof(double) + W)
     if w == NULL:
         return -1
-    for j in range(W):
-        w[j] = 0.0
-    wide_columns(x, <const floating*>NULL, nrows, stride, W, last_w, w, w + W, w + 2 * W)
-    for j in range(W):
-        w[j] = w[W + j] / <double>(nrows - (j >= last_w))
-    wide_columns(x, <const floating*>NULL, nrows, stride, W, last_w, w, w + W, w + 2 * W)
+    ok = <unsigned char*>(w + 3 * W)
+    wide_exact_columns(x, <const floating*>NULL, nrows, stride, W, last_w, x, ok)
     for j in range(W):
         n = <double>(nrows - (j >= last_w))
         if not column_ok(colstats[j], colstats[W + j], n):
-            colstats[j] = w[j] + w[W + j] / n
-            colstats[W + j] = max(0.0, w[2 * W + j] - w[W + j] * (w[W + j] / n))
+            if ok[j]:
+                colstats[j] = <double>x[j]
+                colstats[W + j] = 0.0
+            else:
+                redo = redo + 1
+    if redo:
+        for j in range(W):
+            w[j] = 0.0
+        wide_columns(x, <const floating*>NULL, nrows, stride, W, last_w, w, w + W, w + 2 * W)
+        for j in range(W):
+            w[j] = w[W + j] / <double>(nrows - (j >= last_w))
+        wide_columns(x, <const floating*>NULL, nrows, stride, W, last_w, w, w + W, w + 2 * W)
+        for j in range(W):
+            n = <double>(nrows - (j >= last_w))
+            if not (ok[j] or column_ok(colstats[j], colstats[W + j], n)):
+                colstats[j] = w[j] + w[W + j] / n
+                colstats[W + j] = max(0.0, w[2 * W + j] - w[W + j] * (w[W + j] / n))
     free(w)
     return 0
 
 
 cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
-                        Py_ssize_t W, Py_ssize_t last_w, bint quarters,
+                        Py_ssize_t W, Py_ssize_t last_w, bint quarters, bint checked,
                         double* colstats) noexcept nogil:
     # colstats is [2, W]: per column (mean, M2); the count of column j is
     # nrows, or nrows - 1 for j >= last_w (only the last row is short).
@@ -255,22 +280,22 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
             merge_block(a, b, bh, colstats, colstats + W, W, <double>i, nb)
         i = i1
     free(raw)
-    if floating is float:
+    if floating is float and checked:
         return recheck_moments(x, nrows, stride, W, last_w, colstats)
-    else:
-        return 0
+    return 0
 
 
 cdef int nhwc_backprop_unit(const floating* x, const floating* dy, Py_ssize_t C,
                             Py_ssize_t k, Py_ssize_t r0, Py_ssize_t r1,
-                            const floating* mh_w, bint quarters, double* out) noexcept nogil:
+                            const floating* mh_w, bint quarters, bint checked,
+                            double* out) noexcept nogil:
     # out is [C, 2]: (sum dy, sum dy * (x - mean_hi)) over pixel rows r0..r1.
     cdef Py_ssize_t W = k * C, nrows = ceil_div(r1 - r0, k), i, c
     cdef double* colsum = <double*>malloc(2 * W * sizeof(double))
     if colsum == NULL:
         return -1
     if column_backprop(x + r0 * C, dy + r0 * C, nrows, W,
-                       (r1 - r0 - (nrows - 1) * k) * C, mh_w, quarters, colsum) != 0:
+                       (r1 - r0 - (nrows - 1) * k) * C, mh_w, quarters, checked, colsum) != 0:
         free(colsum)
         return -1
     for c in range(C):
@@ -284,7 +309,7 @@ cdef int nhwc_backprop_unit(const floating* x, const floating* dy, Py_ssize_t C,
 
 
 cdef int nhwc_moments_unit(const floating* x, Py_ssize_t C, Py_ssize_t k, Py_ssize_t r0,
-                           Py_ssize_t r1, double* out) noexcept nogil:
+                           Py_ssize_t r1, bint checked, double* out) noexcept nogil:
     # out is [C, 2]: (mean, M2) over pixel rows r0..r1 (count r1 - r0).
     cdef Py_ssize_t W = k * C, nrows = ceil_div(r1 - r0, k), i, c
     cdef Py_ssize_t last_w = (r1 - r0 - (nrows - 1) * k) * C
@@ -292,7 +317,7 @@ cdef int nhwc_moments_unit(const floating* x, Py_ssize_t C, Py_ssize_t k, Py_ssi
     cdef double* cs = <double*>malloc(2 * W * sizeof(double))
     if cs == NULL:
         return -1
-    if column_moments(x + r0 * C, nrows, W, W, last_w, True, cs) != 0:
+    if column_moments(x + r0 * C, nrows, W, W, last_w, True, checked, cs) != 0:
         free(cs)
         return -1
     for c in range(2 * C):
@@ -309,7 +334,7 @@ cdef int nhwc_moments_unit(const floating* x, Py_ssize_t C, Py_ssize_t k, Py_ssi
 
 
 cdef int nhwc_backprop_sums(const floating* x, const floating* dy, Py_ssize_t R,
-                            Py_ssize_t C, const floating* mh_w, double* part,
+                            Py_ssize_t C, const floating* mh_w, bint checked, double* part,
                             int nthreads) noexcept nogil:
     # part is [units, C, 2]; unit u covers rows u*R//nu .. (u+1)*R//nu
     cdef Py_ssize_t nu = column_units(R), k = column_widen(C), u
@@ -317,18 +342,18 @@ cdef int nhwc_backprop_sums(const floating* x, const floating* dy, Py_ssize_t R,
     cdef int failed = 0
     for u in prange(nu, schedule='static', num_threads=nthreads):
         if nhwc_backprop_unit(x, dy, C, k, u * R // nu, (u + 1) * R // nu,
-                              mh_w, quarters, part + 2 * u * C) != 0:
+                              mh_w, quarters, checked, part + 2 * u * C) != 0:
             failed += 1
     return -1 if failed else 0
 
 
-cdef int nhwc_moments(const floating* x, Py_ssize_t R, Py_ssize_t C, double* part,
-                      int nthreads) noexcept nogil:
+cdef int nhwc_moments(const floating* x, Py_ssize_t R, Py_ssize_t C, bint checked,
+                      double* part, int nthreads) noexcept nogil:
     # part is [units, C, 2]; unit u covers rows u*R//nu .. (u+1)*R//nu
     cdef Py_ssize_t nu = column_units(R), k = column_widen(C), u
     cdef int failed = 0
     for u in prange(nu, schedule='static', num_threads=nthreads):
-        if nhwc_moments_unit(x, C, k, u * R // nu, (u + 1) * R // nu,
+        if nhwc_moments_unit(x, C, k, u * R // nu, (u + 1) * R // nu, checked,
                              part + 2 * u * C) != 0:
             failed += 1
     return -1 if failed else 0

@@ -23,14 +23,18 @@
 #define CBP_SIMD
 #endif
 
-/* `omp simd` with a sum reduction into v (an integer count). */
+/* `omp simd` with a sum reduction into v (an integer count); with a min
+   reduction into mn and a sum into v. */
 #if defined(_MSC_VER) && defined(_OPENMP)
 #define CBP_SIMD_COUNT(v) __pragma(omp simd reduction(+ : v))
+#define CBP_SIMD_MIN_SUM(mn, v) __pragma(omp simd reduction(min : mn) reduction(+ : v))
 #elif defined(_OPENMP) || defined(CBP_OPENMP_SIMD)
 #define CBP_PRAGMA(x) _Pragma(#x)
 #define CBP_SIMD_COUNT(v) CBP_PRAGMA(omp simd reduction(+ : v))
+#define CBP_SIMD_MIN_SUM(mn, v) CBP_PRAGMA(omp simd reduction(min : mn) reduction(+ : v))
 #else
 #define CBP_SIMD_COUNT(v)
+#define CBP_SIMD_MIN_SUM(mn, v)
 #endif
 
 /* A hint to start loading a cache line that is read soon (never faults,
@@ -98,20 +102,12 @@ static inline int cbp_f32_coef_ok(double c)
     return c == 0.0 || (a >= FLT_MIN && a <= 0x1p126);
 }
 
-/* How many of m pairs (s1[j * st], s2[j * st]) of float64 sums of float32
-   work fail the check: not finite, or |s2| below tiny (n * CBP_F32_TINY for
-   n terms). Vectorized: the drivers check every column of every unit. */
-static inline ptrdiff_t cbp_count_bad(const double *s1, const double *s2, ptrdiff_t st,
-                                      ptrdiff_t m, double tiny)
-{
-    ptrdiff_t j;
-    int bad = 0;
-    CBP_SIMD_COUNT(bad) for (j = 0; j < m; j++) {
-        double a = fabs(s1[j * st]), b = fabs(s2[j * st]);
-        bad += !(a <= DBL_MAX && b <= DBL_MAX && b >= tiny);
-    }
-    return bad;
-}
+/* Whether any of m pairs (s1[j * st], s2[j * st]) of float64 sums of
+   float32 work fails the check: not finite, or |s2| below tiny (n *
+   CBP_F32_TINY for n terms). The drivers check every column of every unit,
+   so it must vectorize: it lives in checks.c, out of line (inlined into the
+   Cython drivers, gcc kept it a scalar loop). */
+int cbp_any_bad(const double *s1, const double *s2, ptrdiff_t st, ptrdiff_t m, double tiny);
 
 /* Chan, Golub & LeVeque: exact combination of two (count, mean, M2). */
 static inline void cbp_chan_merge(double *n_a, double *mean_a, double *m2_a, double n_b,

@@ -48,6 +48,8 @@ extern const cbp_kernels_f64 *cbp_active_f64;
 #define cbp_wide_sums(x, ...) (CBP_TABLE_OF(x)->wide_sums((x), __VA_ARGS__))
 #define cbp_wide_moments(x, ...) (CBP_TABLE_OF(x)->wide_moments((x), __VA_ARGS__))
 #define cbp_wide_columns(x, ...) (CBP_TABLE_OF(x)->wide_columns((x), __VA_ARGS__))
+#define cbp_wide_exact(x, ...) (CBP_TABLE_OF(x)->wide_exact((x), __VA_ARGS__))
+#define cbp_wide_exact_columns(x, ...) (CBP_TABLE_OF(x)->wide_exact_columns((x), __VA_ARGS__))
 #define cbp_wide_rows_sweep(x, ...) (CBP_TABLE_OF(x)->wide_rows_sweep((x), __VA_ARGS__))
 #define cbp_wide_run_sweep(x, ...) (CBP_TABLE_OF(x)->wide_run_sweep((x), __VA_ARGS__))
 

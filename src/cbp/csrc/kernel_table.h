@@ -48,6 +48,11 @@ typedef struct {
     void (*wide_columns)(const T *x, const T *dy, ptrdiff_t nrows, ptrdiff_t stride,
                          ptrdiff_t w, ptrdiff_t last_w, const double *m, double *sa,
                          double *sb);
+    /* Whether near-zero sums are exact after all: every term 0 (dy == 0 or
+       x == m), over n contiguous elements or per column. */
+    int (*wide_exact)(const T *x, const T *dy, ptrdiff_t n, const T *m);
+    void (*wide_exact_columns)(const T *x, const T *dy, ptrdiff_t nrows, ptrdiff_t stride,
+                               ptrdiff_t w, ptrdiff_t last_w, const T *m, unsigned char *ok);
     void (*wide_rows_sweep)(const T *x, const T *dy, T *out, ptrdiff_t m, const double *mh,
                             const double *a, const double *b, const double *k);
     void (*wide_run_sweep)(const T *x, const T *dy, T *out, ptrdiff_t nc, ptrdiff_t S,

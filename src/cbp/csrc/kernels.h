@@ -35,6 +35,8 @@ const CBP_KERNELS CBP_TABLE = {
     .wide_sums = wide_sums,
     .wide_moments = wide_moments,
     .wide_columns = wide_columns,
+    .wide_exact = wide_exact,
+    .wide_exact_columns = wide_exact_columns,
     .wide_rows_sweep = wide_rows_sweep,
     .wide_run_sweep = wide_run_sweep,
 };

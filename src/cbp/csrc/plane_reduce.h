@@ -134,7 +134,7 @@ static CBP_TARGET void plane_moments(const T *x, ptrdiff_t S, double *count, dou
             b[j] += d * d;
         }
         lanes_total(L, a, b, u, v, &s1, &s2);
-        if (sizeof(T) == 4 && !cbp_f32_sum_ok(s2)) {
+        if (sizeof(T) == 4 && !cbp_f32_sum_ok(s2) && !wide_exact(x + s0, NULL, end - s0, &bh)) {
             wide_moments(x + s0, end - s0, 1, &s1, &s2);
             cbp_chan_merge(count, mean, m2, nb, s1, s2);
         } else {

@@ -8,7 +8,7 @@
    range that costs nothing in accuracy; outside it a square overflows to inf
    (std >= ~3e18) or underflows to 0 (std <= ~1e-22), and a coefficient
    rounds to inf or loses its digits as a subnormal. So the drivers check
-   the float64 sums of float32 work once per unit and channel (cbp_count_bad,
+   the float64 sums of float32 work once per unit and channel (cbp_any_bad,
    cbp_common.h; plane_moments per block) and redo what fails here; they
    check each float32 coefficient (cbp_f32_coef_ok) and sweep a channel that
    fails here.
@@ -56,6 +56,54 @@ CBP_NOINLINE CBP_TARGET void wide_moments(const T *x, ptrdiff_t n, ptrdiff_t st,
     s2 -= s1 * (s1 / (double)n);
     *mean = mu + s1 / (double)n;
     *m2 = s2 > 0.0 ? s2 : 0.0;
+}
+
+/* Whether a float32 sum over n contiguous elements is exact although it
+   failed the range check because it is (near) zero: every term is exactly
+   0, i.e. dy[i] == 0 or x[i] == *m for all i (without dy: x[i] == *m, a
+   constant run). Dead channels (all-zero data or gradients) are the common
+   case; the check is one vectorized read of data just summed, where the
+   float64 redo costs several times the fast pass. NaN is never exact. */
+static CBP_TARGET int wide_exact(const T *x, const T *dy, ptrdiff_t n, const T *m)
+{
+    enum { CHUNK = 256 };
+    const T v = *m;
+    ptrdiff_t i0, i, e;
+    for (i0 = 0; i0 < n; i0 += CHUNK) {
+        int bad = 0;
+        e = n - i0 < CHUNK ? n : i0 + CHUNK;
+        if (dy) {
+            CBP_SIMD_COUNT(bad) for (i = i0; i < e; i++)
+                bad += (dy[i] != 0) & (x[i] != v);
+        } else {
+            CBP_SIMD_COUNT(bad) for (i = i0; i < e; i++) bad += x[i] != v;
+        }
+        if (bad)
+            return 0;
+    }
+    return 1;
+}
+
+/* wide_exact per column over nrows rows (stride apart, the last row last_w
+   of the w columns wide), against m[j] for column j: ok[j] := 1 when every
+   term of column j is exactly zero, else 0. */
+static CBP_TARGET void wide_exact_columns(const T *x, const T *dy, ptrdiff_t nrows,
+                                          ptrdiff_t stride, ptrdiff_t w, ptrdiff_t last_w,
+                                          const T *m, unsigned char *ok)
+{
+    ptrdiff_t r, j, n;
+    for (j = 0; j < w; j++)
+        ok[j] = 1;
+    for (r = 0; r < nrows; r++) {
+        const T *xr = x + r * stride;
+        n = r == nrows - 1 ? last_w : w;
+        if (dy) {
+            const T *gr = dy + r * stride;
+            CBP_SIMD for (j = 0; j < n; j++) ok[j] &= (gr[j] == 0) | (xr[j] == m[j]);
+        } else {
+            CBP_SIMD for (j = 0; j < n; j++) ok[j] &= xr[j] == m[j];
+        }
+    }
 }
 
 /* Per-column sums over nrows rows (stride apart; the last row last_w of
