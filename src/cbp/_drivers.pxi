@@ -51,6 +51,64 @@ cdef inline bint totals_bad(const double* s1, const double* s2, Py_ssize_t c0, P
     return any_bad(s1 + c0, s2 + c0, 1, c1 - c0, count * F32_TINY)
 
 
+# Before that re-run, the failing channels are tested for exact zero terms
+# (dead channels: zero dy, or constant x), one read of those channels, which
+# settles them without the re-run: their float32 sums are exact (for
+# moments, the constant itself is the mean and M2 = 0).
+
+cdef bint nchw_settle(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t C,
+                      Py_ssize_t S, Py_ssize_t c0, Py_ssize_t c1, const floating* mh,
+                      double* s1, double* s2, int nthreads) noexcept nogil:
+    # True when every failing channel of c0..c1 is dead. Backprop (dy given):
+    # s1, s2 = sum dy, sum dy * (x - mh); moments (dy NULL): mean, M2, set
+    # to (the constant, 0) for constant channels.
+    cdef Py_ssize_t c
+    cdef int alive = 0
+    cdef double tiny = <double>(N * S) * F32_TINY
+    for c in prange(c0, c1, schedule='static', num_threads=nthreads):
+        if not any_bad(s1 + c, s2 + c, 1, 1, tiny):
+            continue
+        if dy != NULL:
+            if not (isfinite(s1[c]) and s2[c] == 0 and planes_exact(x, dy, N, C, S, 0, N, c,
+                                                                    mh + c)):
+                alive += 1
+        elif planes_exact(x, dy, N, C, S, 0, N, c, x + c * S):
+            s1[c] = <double>x[c * S]
+            s2[c] = 0.0
+        else:
+            alive += 1
+    return alive == 0
+
+
+cdef int rows_settle(const floating* x, const floating* dy, Py_ssize_t R, Py_ssize_t C,
+                     const floating* mh, double* s1, double* s2, bint* settled,
+                     int nthreads) noexcept nogil:
+    # nchw_settle for (R, C) rows: *settled := every failing channel is dead
+    cdef Py_ssize_t nu = column_units(R), u, c, r0
+    cdef unsigned char* ok = <unsigned char*>malloc(nu * C)
+    cdef const floating* m = x if dy == NULL else mh
+    cdef double tiny = <double>R * F32_TINY
+    if ok == NULL:
+        return -1
+    for u in prange(nu, schedule='static', num_threads=nthreads):
+        r0 = u * R // nu
+        wide_exact_columns(x + r0 * C, NULL if dy == NULL else dy + r0 * C,
+                           (u + 1) * R // nu - r0, C, C, C, m, ok + u * C)
+    settled[0] = True
+    for c in range(C):
+        for u in range(1, nu):
+            ok[c] = ok[c] & ok[u * C + c]
+        if not any_bad(s1 + c, s2 + c, 1, 1, tiny):
+            continue
+        if not ok[c] or (dy != NULL and not (isfinite(s1[c]) and s2[c] == 0)):
+            settled[0] = False
+        elif dy == NULL:
+            s1[c] = <double>x[c]
+            s2[c] = 0.0
+    free(ok)
+    return 0
+
+
 # F32_COEF_MAX: magnitudes of float32 sweep terms and coefficients must stay
 # below it (room for the rounding and the additions of one element).
 DEF F32_COEF_MAX = 8.507059173023462e+37  # 2^126
@@ -248,6 +306,7 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
     """Per-channel (dscale, dbias); with out != NULL also dx (fused)."""
     cdef PlanePlan p
     cdef Py_ssize_t nparts, k = column_widen(C), cb0, cb1, sb, c0, c1, c
+    cdef bint settled
     cdef double* part
     cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
     cdef floating* coef_w = NULL
@@ -283,7 +342,9 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
                 break
             # dbias holds the sums of dy, dscale those of dy * (x - mean_hi)
             sum_parts(part, p.ng, C, c0, c1, dbias, dscale)
-            if floating is float and totals_bad(dbias, dscale, c0, c1, <double>(N * S)):
+            if (floating is float and totals_bad(dbias, dscale, c0, c1, <double>(N * S))
+                    and not nchw_settle(x, dy, N, C, S, c0, c1, coef, dbias, dscale,
+                                        nthreads)):
                 rc = nchw_backprop_sums(x, dy, N, C, S, p, cb0, cb1, coef, True, part,
                                         nthreads)
                 if rc != 0:
@@ -305,8 +366,10 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
         if rc == 0:
             sum_parts(part, nparts, C, 0, C, dbias, dscale)
             if floating is float and totals_bad(dbias, dscale, 0, C, <double>N):
-                rc = nhwc_backprop_sums(x, dy, N, C, coef_w, True, part, nthreads)
-                sum_parts(part, nparts, C, 0, C, dbias, dscale)
+                rc = rows_settle(x, dy, N, C, coef, dbias, dscale, &settled, nthreads)
+                if rc == 0 and not settled:
+                    rc = nhwc_backprop_sums(x, dy, N, C, coef_w, True, part, nthreads)
+                    sum_parts(part, nparts, C, 0, C, dbias, dscale)
         if rc == 0:
             for c in range(C):
                 finish_backprop(c, dbias[c], dscale[c], mean, coef, inv_std, dscale, dbias)
@@ -368,6 +431,7 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
     """Per-channel (mean, M2); with out != NULL also inv_std and y (fused)."""
     cdef PlanePlan p
     cdef Py_ssize_t nparts, k = column_widen(C), cb0, cb1, sb, c0, c1, c
+    cdef bint settled
     cdef double* part
     cdef floating* coef = NULL
     cdef floating* coef_w = NULL
@@ -405,7 +469,9 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
                 break
             nchw_totals(part, N, C, S, p, c0, c1, mean, m2)
             if (floating is float and S < SHORT_PLANE
-                    and totals_bad(mean, m2, c0, c1, <double>(N * S))):
+                    and totals_bad(mean, m2, c0, c1, <double>(N * S))
+                    and not nchw_settle(x, <const floating*>NULL, N, C, S, c0, c1,
+                                        <const floating*>NULL, mean, m2, nthreads)):
                 rc = nchw_moments(x, N, C, S, p, cb0, cb1, True, part, nthreads)
                 if rc != 0:
                     break
@@ -426,8 +492,11 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
         if rc == 0:
             rows_totals(part, N, C, nparts, mean, m2)
             if floating is float and totals_bad(mean, m2, 0, C, <double>N):
-                rc = nhwc_moments(x, N, C, True, part, nthreads)
-                rows_totals(part, N, C, nparts, mean, m2)
+                rc = rows_settle(x, <const floating*>NULL, N, C, <const floating*>NULL, mean,
+                                 m2, &settled, nthreads)
+                if rc == 0 and not settled:
+                    rc = nhwc_moments(x, N, C, True, part, nthreads)
+                    rows_totals(part, N, C, nparts, mean, m2)
         if rc == 0:
             finish_moments(mean, m2, 0, C)
             if out != NULL:

@@ -66,10 +66,11 @@ cdef bint planes_exact(const floating* x, const floating* dy, Py_ssize_t N, Py_s
                        Py_ssize_t S, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t c,
                        const floating* m) noexcept nogil:
     # whether every product dy * (x - m) of channel c in images n0..n1 is 0
+    # (dy NULL: every x == *m)
     cdef Py_ssize_t n, off
     for n in range(n0, n1):
         off = (n * C + c) * S
-        if not wide_exact(x + off, dy + off, S, m):
+        if not wide_exact(x + off, NULL if dy == NULL else dy + off, S, m):
             return False
     return True
 
