@@ -75,7 +75,8 @@ def resolve_threads(num_threads, *, limit=None, why=_CALL_LIMIT) -> int:
     if num_threads is None:
         n = max(1, min(_kernels.max_threads(), limit))
         return startable_threads(n) if runs else n
-    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
+    if type(num_threads) is not int and (  # the common case skips the slow ABC check
+            isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral)):
         raise TypeError(f"num_threads must be an int or None, got {type(num_threads).__name__}")
     n = int(num_threads)
     if n == 0:
