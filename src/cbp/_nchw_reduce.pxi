@@ -35,11 +35,12 @@ cdef int nchw_backprop_unit(const floating* x, const floating* dy, Py_ssize_t N,
             plane_backprop(x + off, dy + off, S, mh + c,
                            out + 2 * (c - c0), out + 2 * (c - c0) + 1)
     if floating is float and checked:
-        # The float32 range check, per channel of the unit: not finite, or a
-        # sum of products below n * TINY (where the float32 products may have
-        # lost digits to underflow: each loses at most 2^-150), and the
-        # channel's planes of this unit are summed again in float64, unless
-        # every product was exactly 0 (a dead channel: the sums are exact).
+        # The float32 range check in a checked re-run (_drivers.pxi), per
+        # channel of the unit: not finite, or a sum of products below n * TINY
+        # (where the float32 products may have lost digits to underflow: each
+        # loses at most 2^-150), and the channel's planes of this unit are
+        # summed again in float64, unless every product was exactly 0 (a dead
+        # channel: the sums are exact).
         tiny = <double>((n1 - n0) * S) * F32_TINY
         if not any_bad(out, out + 1, 2, c1 - c0, tiny):
             return 0

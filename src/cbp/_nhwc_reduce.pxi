@@ -109,12 +109,12 @@ cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows
     return 0
 
 
-# The float32 range check of the column kernels, once per unit and column: a
-# column sum that is not finite, or a sum of products or squares below
-# n * F32_TINY (where float32 products may have lost digits to underflow:
-# each loses at most 2^-150), and the unit is summed again in float64
-# (csrc/wide.h), one pass for all such columns. A check per 32-row flush
-# cost 1.15x-1.3x the time of NHWC sums with C = 64.
+# The float32 range check of the column kernels per unit and column, in the
+# re-run of a reduction whose channel totals failed the check (`checked`,
+# _drivers.pxi): a column sum that is not finite, or a sum of products or
+# squares below n * F32_TINY (where float32 products may have lost digits to
+# underflow: each loses at most 2^-150), and the unit is summed again in
+# float64 (csrc/wide.h), one pass for all such columns.
 
 cdef inline bint column_ok(double s1, double s2, double n) noexcept nogil:
     return isfinite(s1) and isfinite(s2) and fabs(s2) >= n * F32_TINY

@@ -86,9 +86,10 @@
 /* Sums of n float32 products or squares smaller than n times this are
    redone in float64 (wide.h): each term can lose at most 2^-150 to
    underflow, so a sum of at least n * 2^-100 has lost at most 2^-50 of
-   itself. Exact zeros (zero dy, a constant channel) are redone too, for the
-   same result. Chosen by: the error bound (only data with |x - mean| below
-   ~1e-16, or zero and constant channels, take the float64 path). */
+   itself. Exact zeros (zero dy, a constant channel) fail the check too and
+   are then kept (their float32 sums are exact). Chosen by: the error bound
+   (only data with |x - mean| below ~1e-16, or zero and constant channels,
+   get past the first check). */
 #define CBP_F32_TINY 0x1p-100
 
 /* ---- SCHEDULE: speed only --------------------------------------------- */

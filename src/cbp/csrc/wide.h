@@ -8,8 +8,9 @@
    range that costs nothing in accuracy; outside it a square overflows to inf
    (std >= ~3e18) or underflows to 0 (std <= ~1e-22), and a coefficient
    rounds to inf or loses its digits as a subnormal. So the drivers check
-   the float64 sums of float32 work once per unit and channel (cbp_any_bad,
-   cbp_common.h; plane_moments per block) and redo what fails here; they
+   the float64 totals of float32 work once per channel and call (cbp_any_bad;
+   plane_moments per block), test failing channels for exact zero terms
+   (wide_exact), and redo the rest, per unit and column, here; they
    check each float32 coefficient (cbp_f32_coef_ok) and sweep a channel that
    fails here.
    Normal data never gets here, so these are written for clarity: fixed
