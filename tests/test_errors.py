@@ -616,7 +616,8 @@ def test_threads_that_cannot_start_are_a_warning_not_an_exit():
 
 def test_plan_info_describes_teams_above_the_cap():
     cap = cbp.show_config(print_out=False)["max_num_threads"]
-    info = cbp.plan_info((32, 64, 56, 56), num_threads=4 * cap)
+    # large enough that the grain (a minimum of elements per thread) allows the team
+    info = cbp.plan_info((1024, 64, 56, 56), num_threads=4 * cap)
     assert info["threads"] == 4 * cap and len(info["thread_elements"]) == 4 * cap
     with pytest.raises(ValueError, match=_named("num_threads")):
         cbp.plan_info((32, 64, 56, 56), num_threads=2**31)

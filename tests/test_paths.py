@@ -6,7 +6,11 @@ csrc/cbp_tuning.h moves (and fail when a path is no longer reached, instead of
 a comment going stale).
 """
 import itertools
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -88,14 +92,64 @@ def test_plan_units_cover_the_array_for_any_team(op, shape, layout, dtype):
     assert sum(base["unit_elements"]) == size
     assert base["units"] == len(base["unit_elements"]) >= 1
     assert base["thread_elements"] == [size]
+    grain = cbp.show_config(print_out=False)["min_elements_per_thread"]
     for nt in (2, 3, 7, 16):
         info = cbp.plan_info(shape, dtype=dtype, layout=layout, op=op, num_threads=nt)
         # units are fixed by the shape; only their spread over threads changes
         assert info["unit_elements"] == base["unit_elements"]
         assert info["kernel"] == base["kernel"]
-        assert info["threads"] == nt and len(info["thread_elements"]) == nt
+        team = min(nt, max(1, size // grain))  # no thread for less than a grain
+        assert info["threads"] == team and len(info["thread_elements"]) == team
         assert sum(info["thread_elements"]) == size
         assert info["isa"] == cbp.show_config(print_out=False)["isa"]
+
+
+def test_small_calls_run_on_fewer_threads():
+    grain = cbp.show_config(print_out=False)["min_elements_per_thread"]
+    assert 1024 <= grain <= 1 << 20
+    assert cbp.plan_info((2, 4, 3, 3), num_threads=2)["threads"] == 1
+    # exactly k grains of elements allow k threads, one element fewer k - 1
+    C = 16
+    for k in (2, 3):
+        assert cbp.plan_info((k * grain // C, C), num_threads=8)["threads"] == k
+        assert cbp.plan_info((k * grain // C - 1, C), num_threads=8)["threads"] == k - 1
+
+
+def test_caches_are_reported():
+    caches = cbp.show_config(print_out=False)["caches"]
+    assert caches == cbp.plan_info((8, 4, 5, 5))["caches"]
+    llc = caches["l3"] or caches["l2"]
+    assert caches["last_level_cache"] == (llc or 8 << 20)
+    assert caches["last_level_cache_assumed"] == (not llc)
+    # the derived sizes (csrc/cbp_tuning.h) and the default cache block in use
+    assert caches["cache_block"] == caches["last_level_cache"] // 8 * 3
+    assert caches["streaming_store_from"] == caches["last_level_cache"] // 2
+    assert cbp._kernels.cache_block_bytes() == caches["cache_block"]
+
+
+@pytest.mark.parametrize("text,l1d,l2,l3", [("l1d=48K,l2=2M,l3=0", 48 << 10, 2 << 20, 0),
+                                            ("L3=1G", None, None, 1 << 30),
+                                            ("l2=786432", None, 786432, None)])
+def test_cache_sizes_override(text, l1d, l2, l3):
+    code = ("import cbp, json; print(json.dumps(cbp.show_config(print_out=False)['caches']))")
+    env = dict(os.environ, CBP_CACHE_SIZES=text)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["source"] == "CBP_CACHE_SIZES"
+    for key, want in (("l1d", l1d), ("l2", l2), ("l3", l3)):
+        if want is not None:
+            assert got[key] == want
+    assert got["last_level_cache"] == (got["l3"] or got["l2"] or 8 << 20)
+    assert got["cache_block"] == got["last_level_cache"] // 8 * 3
+
+
+def test_bad_cache_sizes_override():
+    env = dict(os.environ, CBP_CACHE_SIZES="l3=lots")
+    proc = subprocess.run([sys.executable, "-c", "import cbp"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "CBP_CACHE_SIZES" in proc.stderr
 
 
 def test_plan_info_names_the_fused_paths():

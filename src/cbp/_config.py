@@ -61,7 +61,19 @@ def openmp_runtime() -> dict | None:
 
 
 def show_config(*, print_out: bool = True) -> dict:
-    """Report the version, OpenMP status, default thread count and build flags.
+    """Report the version, OpenMP status, default thread count, build flags and caches.
+
+    ``caches`` holds the CPU's data caches as the operating system reports
+    them (bytes; 0 = not reported; ``*_shared_by``: logical CPUs per cache),
+    or as ``CBP_CACHE_SIZES`` sets them (e.g. ``l1d=48K,l2=2M,l3=32M``), and
+    the schedule sizes cbp derives from the last level (the L3, else the L2,
+    else an assumed 8 MiB): the fused passes' cache block (3/8 of it), the
+    output size from which sweeps use streaming stores (1/2) and the array
+    size from which long channels-last rows are swept by quarters (1x).
+
+    ``min_elements_per_thread``: a call runs at most one thread per that many
+    elements of x (fewer than ``num_threads`` on small arrays; the results are
+    the same bits for any team).
 
     Returns the report as a dict; prints it unless ``print_out=False``.
     """
@@ -72,12 +84,14 @@ def show_config(*, print_out: bool = True) -> dict:
         "openmp": _kernels.openmp_enabled(),
         "default_num_threads": v.resolve_threads(None),
         "max_num_threads": v.MAX_THREADS,
+        "min_elements_per_thread": cython_api.grain_elements(),
         "isa": cython_api.isa(),
         "isa_available": cython_api.isa_available(),
         "isa_default": cython_api.isa_default(),
         "compiler": cython_api.compiler(),
         "compile_args": cython_api.compile_args(),
         "openmp_runtime": openmp_runtime(),
+        "caches": cython_api.caches(),
     }
     if print_out:
         width = max(map(len, info))
@@ -98,7 +112,8 @@ def plan_info(shape, *, dtype="float32", layout="NCHW", op="batch_norm_backward"
     - ``units``, ``unit_elements``: the work units, fixed by the shape (never by
       the thread count), and the x elements each reads.
     - ``threads``: the team the call would use (any ``num_threads`` up to 65536
-      is described, also above what a call on this machine accepts);
+      is described, also above what a call on this machine accepts; at most
+      one thread per ``show_config()["min_elements_per_thread"]`` elements);
       ``thread_elements``: per thread,
       the x elements it reads in the reductions (in the sweep where there is no
       reduction) under OpenMP's static schedule. mean / max of it is the balance.
@@ -109,6 +124,9 @@ def plan_info(shape, *, dtype="float32", layout="NCHW", op="batch_norm_backward"
       ``widen``: rows fused per row-kernel row (channels-last and 2-D data);
       ``image_groups``: NCHW reductions' groups of images per channel block.
     - ``block``: the (N, C, S) block the kernels see.
+    - ``caches``: the CPU's data caches and the sizes derived from the
+      last-level one (as in :func:`show_config`; ``CBP_CACHE_SIZES`` overrides
+      what the operating system reports, e.g. ``l1d=48K,l2=2M,l3=32M``).
     """
     layout = v.check_layout(layout)
     try:
@@ -140,5 +158,6 @@ def plan_info(shape, *, dtype="float32", layout="NCHW", op="batch_norm_backward"
     else:
         info = cython_api.describe_plan(N, C, S, dt.itemsize, op, nt,
                                         _kernels.cache_block_bytes())
-    info.update(shape=shp, dtype=dt.name, layout=layout, block=(N, C, S))
+    info.update(shape=shp, dtype=dt.name, layout=layout, block=(N, C, S),
+                caches=cython_api.caches())
     return info

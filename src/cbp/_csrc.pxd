@@ -23,12 +23,17 @@ cdef extern from "cbp_tuning.h":
     double F32_TINY "CBP_F32_TINY"
     # SCHEDULE constants (speed only)
     enum:
-        CACHE_BLOCK_BYTES "CBP_CACHE_BLOCK_BYTES"
+        LLC_DEFAULT_BYTES "CBP_LLC_DEFAULT_BYTES"
         RUN_SWEEP_ELEMS "CBP_RUN_SWEEP_ELEMS"
-        SWEEP_QUARTER_BYTES "CBP_SWEEP_QUARTER_BYTES"
-        NT_STORE_BYTES "CBP_NT_STORE_BYTES"
+        GRAIN_ELEMS "CBP_GRAIN_ELEMS"
         NT_PLANE_BYTES "CBP_NT_PLANE_BYTES"
         NT_ROW_BYTES "CBP_NT_ROW_BYTES"
+
+cdef extern from "cbp_tuning.h" nogil:
+    # the sizes that follow the last-level cache
+    Py_ssize_t CACHE_BLOCK_OF "CBP_CACHE_BLOCK_OF"(Py_ssize_t llc) noexcept
+    Py_ssize_t SWEEP_QUARTER_OF "CBP_SWEEP_QUARTER_OF"(Py_ssize_t llc) noexcept
+    Py_ssize_t NT_STORE_OF "CBP_NT_STORE_OF"(Py_ssize_t llc) noexcept
 
 cdef extern from "cbp_kernels.h" nogil:
     # NCHW planes (csrc/plane_reduce.h)
@@ -122,5 +127,10 @@ cdef extern from "cbp_runtime.h" nogil:
     int cbp_forked_child() noexcept
     int cbp_probe_team(int n, int have) noexcept
     const char* cbp_openmp_library() noexcept
+    ctypedef struct cbp_caches:
+        long long size[3]
+        int shared[3]
+        const char* source
+    void cbp_detect_caches(cbp_caches* c) noexcept
     const char* cbp_compiler() noexcept
     const char* cbp_compile_args() noexcept

@@ -4,7 +4,8 @@
 # Each calls the dtype-generic body behind the public C API (the _op
 # functions of cython_api.pyx) for the dtype of its memoryviews.
 
-cdef Py_ssize_t _cache_block_bytes = CACHE_BLOCK_BYTES
+# 0: the default derived from the last-level cache (_plan.pxi)
+cdef Py_ssize_t _cache_block_bytes = 0
 
 
 cdef _check(int rc):
@@ -54,12 +55,40 @@ def probe_team(int n, int have):
 def cache_block_bytes(value=None):
     """Get (and optionally set) the fused NCHW passes' cache block size in bytes."""
     global _cache_block_bytes
-    old = _cache_block_bytes
+    old = _cache_block_bytes if _cache_block_bytes > 0 else _default_cache_block
     if value is not None:
         if value < 1:
             raise ValueError("cache block size must be >= 1 byte")
         _cache_block_bytes = value
     return old
+
+
+def detect_caches():
+    """The data caches the operating system reports (csrc/caches.c), 0 where unknown."""
+    cdef cbp_caches c
+    cbp_detect_caches(&c)
+    return {"l1d": c.size[0], "l2": c.size[1], "l3": c.size[2],
+            "l1d_shared_by": c.shared[0], "l2_shared_by": c.shared[1],
+            "l3_shared_by": c.shared[2], "source": c.source.decode()}
+
+
+def set_last_level_cache(Py_ssize_t llc):
+    """Derive the cache-dependent schedule sizes from a last-level cache of llc bytes."""
+    if llc < 1:
+        raise ValueError("the last-level cache must be >= 1 byte")
+    set_llc(llc)
+
+
+def grain_elements():
+    """The fewest elements of x per thread a call starts a thread for."""
+    return GRAIN_ELEMS
+
+
+def schedule_sizes():
+    """The sizes derived from the last-level cache, in bytes."""
+    return {"last_level_cache": _llc_bytes, "cache_block": _default_cache_block,
+            "streaming_store_from": _nt_store_bytes,
+            "nhwc_sweep_quarters_from": _sweep_quarter_bytes}
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,22 @@ cdef struct PlanePlan:
     bint cols         # short planes summed by the column kernels
 
 
+# The sizes that follow the last-level cache (csrc/cbp_tuning.h), set at
+# import from the detected caches by set_llc (_entry_points.pxi).
+cdef Py_ssize_t _llc_bytes = LLC_DEFAULT_BYTES
+cdef Py_ssize_t _default_cache_block = CACHE_BLOCK_OF(LLC_DEFAULT_BYTES)
+cdef Py_ssize_t _nt_store_bytes = NT_STORE_OF(LLC_DEFAULT_BYTES)
+cdef Py_ssize_t _sweep_quarter_bytes = SWEEP_QUARTER_OF(LLC_DEFAULT_BYTES)
+
+
+cdef void set_llc(Py_ssize_t llc) noexcept nogil:
+    global _llc_bytes, _default_cache_block, _nt_store_bytes, _sweep_quarter_bytes
+    _llc_bytes = llc
+    _default_cache_block = max(1, CACHE_BLOCK_OF(llc))
+    _nt_store_bytes = NT_STORE_OF(llc)
+    _sweep_quarter_bytes = SWEEP_QUARTER_OF(llc)
+
+
 cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
 
@@ -102,17 +118,17 @@ cdef inline PlanePlan sweep_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S) noexc
 cdef inline bint nchw_streams(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                               Py_ssize_t itemsize) noexcept nogil:
     # streaming stores for the NCHW sweeps
-    return (CBP_HAVE_NT and N * C * S * itemsize >= NT_STORE_BYTES
+    return (CBP_HAVE_NT and N * C * S * itemsize >= _nt_store_bytes
             and S * itemsize >= NT_PLANE_BYTES)
 
 
 cdef inline bint rows_streams(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize) noexcept nogil:
     # streaming stores for the row sweeps (rows fused to column_widen(C) * C)
-    return (CBP_HAVE_NT and R * C * itemsize >= NT_STORE_BYTES
+    return (CBP_HAVE_NT and R * C * itemsize >= _nt_store_bytes
             and column_widen(C) * C * itemsize >= NT_ROW_BYTES)
 
 
 cdef inline bint rows_sweep_quartered(Py_ssize_t R, Py_ssize_t C,
                                       Py_ssize_t itemsize) noexcept nogil:
     # long rows over more than a last-level cache: four quarters of a unit per step
-    return C * column_widen(C) >= QUARTER_W and R * C * itemsize > SWEEP_QUARTER_BYTES
+    return C * column_widen(C) >= QUARTER_W and R * C * itemsize > _sweep_quarter_bytes

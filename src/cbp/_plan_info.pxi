@@ -50,7 +50,7 @@ def describe_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize,
     cdef PlanePlan p
     cdef Py_ssize_t cb0, nblocks = 0, k, nsr, ng, nu, nr, i, c0, nc
     reduction, fused, sweep = _OPS[op]
-    threads = 1 if cbp_forked_child() else nthreads
+    threads = _team(nthreads, N * C * S)
     counts = [0] * threads
     units = []
     info = {"op": op, "threads": threads, "cache_block_bytes": cache_bytes,

@@ -100,6 +100,52 @@ def _select_isa_at_import():
 _select_isa_at_import()
 
 
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+_CACHES = {}
+
+
+def _parse_cache_sizes(text):
+    # CBP_CACHE_SIZES, e.g. "l1d=48K,l2=2M,l3=32M": any of the three, 0 = none
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        key, value = key.strip().lower(), value.strip().lower()
+        unit = value[-1:] if value[-1:] in ("k", "m", "g") else ""
+        number = value[:len(value) - len(unit)]
+        if not sep or key not in ("l1d", "l2", "l3") or not number.isdigit():
+            raise ImportError(f"cbp: CBP_CACHE_SIZES={text!r} is not a list such as "
+                              f"'l1d=48K,l2=2M,l3=32M' (sizes in bytes, K, M or G)")
+        out[key] = int(number) * _SIZE_UNITS[unit]
+    return out
+
+
+def _configure_caches_at_import():
+    # The caches this CPU reports (or CBP_CACHE_SIZES), and the schedule
+    # sizes derived from the last level of them.
+    import os
+    global _CACHES
+    info = detect_caches()
+    override = os.environ.get("CBP_CACHE_SIZES", "").strip()
+    if override:
+        given = _parse_cache_sizes(override)
+        info.update(given)
+        for key in given:
+            info[key + "_shared_by"] = 0  # not part of the override: unknown
+        info["source"] = "CBP_CACHE_SIZES"
+    llc = info["l3"] or info["l2"]
+    info["last_level_cache_assumed"] = not llc
+    set_last_level_cache(llc or LLC_DEFAULT_BYTES)
+    info.update(schedule_sizes())
+    _CACHES = info
+
+
+def caches():
+    """The CPU's data caches (bytes; 0 = not reported), where they were read, and the
+    schedule sizes cbp derived from the last-level cache (the L3, else the L2;
+    8 MiB when neither is reported, ``last_level_cache_assumed``)."""
+    return dict(_CACHES)
+
+
 cdef enum:
     _OK = 0
     _INVALID = -2
@@ -110,12 +156,18 @@ cdef inline bint _bad_dims(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     return N < 0 or C < 0 or S < 0 or num_threads < 1
 
 
-cdef inline int _team(int num_threads) noexcept nogil:
-    return 1 if cbp_forked_child() else num_threads
+cdef inline int _team(int num_threads, Py_ssize_t elements) noexcept nogil:
+    # At most one thread per GRAIN_ELEMS elements of x, so that a small call
+    # does not wake a team it cannot use (the bits do not depend on it: units
+    # are fixed by the shape).
+    cdef Py_ssize_t most = max(1, elements // GRAIN_ELEMS)
+    if cbp_forked_child():
+        return 1
+    return num_threads if num_threads <= most else <int>most
 
 
 cdef inline Py_ssize_t _cache(Py_ssize_t cache_bytes) noexcept nogil:
-    return cache_bytes if cache_bytes > 0 else CACHE_BLOCK_BYTES
+    return cache_bytes if cache_bytes > 0 else _default_cache_block
 
 
 cdef inline void _zeros(double* a, Py_ssize_t C) noexcept nogil:
@@ -138,7 +190,7 @@ cdef int _moments(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, d
         _zeros(m2, C)
         return _OK
     return forward_driver(x, <floating*>NULL, N, C, S, NULL, NULL, 0.0, mean, m2, NULL,
-                          CACHE_BLOCK_BYTES, _team(num_threads))
+                          _default_cache_block, _team(num_threads, N * C * S))
 
 
 cdef int _backprop_sums(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t C,
@@ -153,7 +205,8 @@ cdef int _backprop_sums(const floating* x, const floating* dy, Py_ssize_t N, Py_
         _zeros(dbias, C)
         return _OK
     return backward_driver(x, dy, <floating*>NULL, N, C, S, mean, inv_std, NULL, 0.0,
-                           dscale, dbias, CACHE_BLOCK_BYTES, _team(num_threads))
+                           dscale, dbias, _default_cache_block,
+                           _team(num_threads, N * C * S))
 
 
 cdef int _dx(const floating* x, const floating* dy, floating* out, Py_ssize_t N, Py_ssize_t C,
@@ -165,7 +218,7 @@ cdef int _dx(const floating* x, const floating* dy, floating* out, Py_ssize_t N,
     if C == 0 or N * S == 0:
         return _OK
     return dx_driver(x, dy, out, N, C, S, mean, inv_std, scale, dscale, dbias, count,
-                     _team(num_threads))
+                     _team(num_threads, N * C * S))
 
 
 cdef int _backward(const floating* x, const floating* dy, floating* out, Py_ssize_t N,
@@ -181,7 +234,8 @@ cdef int _backward(const floating* x, const floating* dy, floating* out, Py_ssiz
         _zeros(dbias, C)
         return _OK
     return backward_driver(x, dy, out, N, C, S, mean, inv_std, scale, <double>(N * S),
-                           dscale, dbias, _cache(cache_bytes), _team(num_threads))
+                           dscale, dbias, _cache(cache_bytes),
+                           _team(num_threads, N * C * S))
 
 
 cdef int _forward(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
@@ -200,7 +254,7 @@ cdef int _forward(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t C, 
             inv_std[c] = 1.0 / sqrt(eps)
         return _OK
     return forward_driver(x, out, N, C, S, scale, bias, eps, mean, m2, inv_std,
-                          _cache(cache_bytes), _team(num_threads))
+                          _cache(cache_bytes), _team(num_threads, N * C * S))
 
 
 cdef int _affine(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
@@ -210,7 +264,7 @@ cdef int _affine(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t C, P
         return _INVALID
     if C == 0 or N * S == 0:
         return _OK
-    return affine_driver(x, out, N, C, S, mean, a, bias, _team(num_threads))
+    return affine_driver(x, out, N, C, S, mean, a, bias, _team(num_threads, N * C * S))
 
 
 # ---------------------------------------------------------------------------
@@ -225,10 +279,14 @@ cdef int cbp_max_threads() noexcept nogil:
 
 
 cdef Py_ssize_t cbp_default_cache_bytes() noexcept nogil:
-    return CACHE_BLOCK_BYTES
+    return _default_cache_block
 
 
 include "_public_api.pxi"
 
 
 include "_entry_points.pxi"
+
+
+# after _entry_points.pxi, which defines what it calls
+_configure_caches_at_import()

@@ -24,6 +24,18 @@ int cbp_probe_team(int n, int have);
 /* The file of the OpenMP runtime the kernels call, or "" when unknown. */
 const char *cbp_openmp_library(void);
 
+/* The CPU's data caches as the operating system reports them (caches.c):
+   size[i] in bytes of level i + 1 (L1d, L2, L3; 0 = unknown) and shared[i]
+   the logical CPUs sharing one such cache (0 = unknown); source names where
+   they were read ("sysfs", "sysconf", "sysctl",
+   "GetLogicalProcessorInformationEx", or "none"). */
+typedef struct {
+    long long size[3];
+    int shared[3];
+    const char *source;
+} cbp_caches;
+void cbp_detect_caches(cbp_caches *c);
+
 /* The compiler and the flags the kernels were built with. */
 const char *cbp_compiler(void);
 const char *cbp_compile_args(void);

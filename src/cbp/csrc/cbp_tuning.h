@@ -94,27 +94,43 @@
 
 /* ---- SCHEDULE: speed only --------------------------------------------- */
 
-/* x (and dy) bytes per NCHW cache block of the fused passes, re-read from
-   the last-level cache by the second sweep: half of a 32 MiB L3, leaving
-   room for the output stream and the other cores. Runtime-settable
-   (cache_bytes). Chosen by: 2026-11-22-full.md. */
-#define CBP_CACHE_BLOCK_BYTES (12 * 1024 * 1024)
+/* Three sizes follow the last-level cache (LLC: the L3, or the L2 where
+   there is no L3), read at import (caches.c) and derived by the macros
+   below; they were measured on a 32 MiB L3, where they give 12, 16 and 32
+   MiB. An LLC the operating system does not report is taken to be
+   CBP_LLC_DEFAULT_BYTES (a laptop's; too small a guess costs little, too
+   large one re-reads from DRAM).
+
+   x (and dy) bytes per NCHW cache block of the fused passes, re-read from
+   the LLC by the second sweep: 3/8 of it, leaving room for the output
+   stream and the other cores. Runtime-settable (cache_bytes). Chosen by:
+   2026-11-22-full.md (12 MiB on 32 MiB). */
+#define CBP_LLC_DEFAULT_BYTES (8 * 1024 * 1024)
+#define CBP_CACHE_BLOCK_OF(llc) ((llc) / 8 * 3)
+
+/* A call runs at most one thread per GRAIN_ELEMS elements of x: below that
+   waking a thread costs more than it saves (and far more while other
+   processes keep the cores busy). Chosen by: 1 against 2 threads on float32
+   NCHW and NHWC, C = 64, 2K to 256K elements (AMD EPYC, 2026-12-01): about
+   even up to 8K elements, with losses to 0.5x; from 32K elements 2 threads
+   won 1.2x-2.0x but for NHWC backward (0.86x), and from 64K every case. */
+#define CBP_GRAIN_ELEMS 16384
 
 /* Elements per task of the short-plane NCHW sweep (runs of whole planes).
    Chosen by: 7303da7. */
 #define CBP_RUN_SWEEP_ELEMS 16384
 
-/* NHWC sweeps over arrays larger than this (a typical last-level cache) take
-   long rows from four quarters of a unit (0.88x the time on 256x2048x7x7,
-   1.13x on 32x2048x7x7, which stays in L3). Chosen by: 635b36c. */
-#define CBP_SWEEP_QUARTER_BYTES 33554432
+/* NHWC sweeps over arrays larger than the LLC take long rows from four
+   quarters of a unit (0.88x the time on 256x2048x7x7, 1.13x on 32x2048x7x7,
+   which stays in L3). Chosen by: 635b36c. */
+#define CBP_SWEEP_QUARTER_OF(llc) (llc)
 
-/* Outputs of at least NT_STORE_BYTES are written with streaming stores: with
-   x and dy beside them they outgrow a 32 MiB L3. NCHW planes and NHWC
-   (fused) rows of fewer bytes keep plain stores (rows of 256 bytes measured
-   1.2x slower streamed, rows of 1 KiB 0.9x the time). Chosen by:
-   2026-11-22-streaming.md. */
-#define CBP_NT_STORE_BYTES 16777216
+/* Outputs of at least half the LLC are written with streaming stores: with
+   x and dy beside them they outgrow it. NCHW planes and NHWC (fused) rows of
+   fewer bytes keep plain stores (rows of 256 bytes measured 1.2x slower
+   streamed, rows of 1 KiB 0.9x the time). Chosen by: 2026-11-22-streaming.md
+   (16 MiB on 32 MiB). */
+#define CBP_NT_STORE_OF(llc) ((llc) / 2)
 #define CBP_NT_PLANE_BYTES 512
 #define CBP_NT_ROW_BYTES 1024
 
