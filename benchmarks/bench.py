@@ -70,11 +70,14 @@ FULL_SHAPES = [
     ((32, 64, 112, 112), "ResNet-50 conv1"),
     ((32, 256, 56, 56), "ResNet-50 stage 1"),
     ((32, 512, 28, 28), "ResNet-50 stage 2"),
+    ((32, 1024, 14, 14), "ResNet-50 stage 3 (14x14 planes)"),
     ((32, 2048, 7, 7), "ResNet-50 stage 4"),
     ((256, 2048, 7, 7), "ResNet-50 stage 4, batch 256"),
     ((4096, 1024), "BatchNorm1d (1x1 spatial)"),
+    ((256, 1024), "BatchNorm1d, small batch"),
     ((8, 32, 32, 64, 64), "3-D (BatchNorm3d)"),
     ((8, 64, 28, 28), "small, cache-resident"),
+    ((2, 4, 3, 3), "tiny (per-call overhead)"),
 ]
 QUICK_SHAPES = [(32, 256, 56, 56), (32, 2048, 7, 7), (4096, 1024), (8, 64, 28, 28)]
 SMOKE_SHAPES = [(4, 8, 5, 5), (16, 8), (2, 4, 3, 4, 5)]
