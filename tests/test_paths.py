@@ -26,7 +26,7 @@ OPS = ["channel_stats", "channel_backprop_stats", "batch_norm_dx", "batch_norm_b
 # (part, name, streaming stores): every path of the reductions and sweeps
 REDUCTIONS = {"nchw_plane", "nchw_plane_cache_blocked", "nchw_short_plane_columns", "rows",
               "rows_quartered"}
-SWEEPS = {(s, nt) for s in ("nchw_plane_units", "nchw_plane_runs", "rows_sweep",
+SWEEPS = {(s, nt) for s in ("nchw_plane_units", "nchw_planes", "rows_sweep",
                             "rows_sweep_four") for nt in (False, True)}
 SWEEPS.add(("rows_sweep_quartered", True))  # only over 32 MiB, so always streamed
 

@@ -195,50 +195,115 @@ cdef void tile_coef(const floating* coef, Py_ssize_t C, Py_ssize_t k,
                 coef_w[j * W + i * C + c] = coef[j * C + c]
 
 
+# The combines run over chunks of COMBINE_CHANNELS channels in parallel; each
+# channel's parts are added in part order, so the bits do not depend on it.
+DEF COMBINE_CHANNELS = 256
+
+
 cdef void sum_parts(const double* part, Py_ssize_t nparts, Py_ssize_t C, Py_ssize_t c0,
-                    Py_ssize_t c1, double* sdy, double* sdx) noexcept nogil:
+                    Py_ssize_t c1, double* sdy, double* sdx, int nthreads) noexcept nogil:
     # sdy[c], sdx[c] := sums over g = 0, 1, ... of part[g, c, 0], part[g, c, 1]
     # (part is [nparts, C, 2]); parts outer so memory is read in order.
-    cdef Py_ssize_t g, c
+    cdef Py_ssize_t g, c, i, ca, cz
     cdef const double* row
-    for c in range(c0, c1):
-        sdy[c] = 0.0
-        sdx[c] = 0.0
-    for g in range(nparts):
-        row = part + 2 * g * C
-        for c in range(c0, c1):
-            sdy[c] = sdy[c] + row[2 * c]
-            sdx[c] = sdx[c] + row[2 * c + 1]
+    for i in prange(ceil_div(c1 - c0, COMBINE_CHANNELS), schedule='static',
+                    num_threads=nthreads):
+        ca = c0 + i * COMBINE_CHANNELS
+        cz = min(c1, ca + COMBINE_CHANNELS)
+        for c in range(ca, cz):
+            sdy[c] = 0.0
+            sdx[c] = 0.0
+        for g in range(nparts):
+            row = part + 2 * g * C
+            for c in range(ca, cz):
+                sdy[c] = sdy[c] + row[2 * c]
+                sdx[c] = sdx[c] + row[2 * c + 1]
 
 
 cdef void nchw_totals(const double* part, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                       PlanePlan p, Py_ssize_t c0, Py_ssize_t c1, double* mean,
-                      double* m2) noexcept nogil:
+                      double* m2, int nthreads) noexcept nogil:
     # (mean, M2) of channels c0..c1 from the image groups' part [ng, C, 2], in group order
-    cdef Py_ssize_t c, g
-    cdef double cnt = 0.0, gcnt
-    for c in range(c0, c1):
-        mean[c] = 0.0
-        m2[c] = 0.0
-    for g in range(p.ng):
-        gcnt = <double>(((g + 1) * N // p.ng - g * N // p.ng) * S)
-        merge_into(mean + c0, m2 + c0, 1, part + 2 * (g * C + c0),
-                   part + 2 * (g * C + c0) + 1, 2, c1 - c0, cnt, gcnt)
-        cnt = cnt + gcnt
+    cdef Py_ssize_t c, g, i, ca, cz
+    cdef double cnt, gcnt
+    for i in prange(ceil_div(c1 - c0, COMBINE_CHANNELS), schedule='static',
+                    num_threads=nthreads):
+        ca = c0 + i * COMBINE_CHANNELS
+        cz = min(c1, ca + COMBINE_CHANNELS)
+        for c in range(ca, cz):
+            mean[c] = 0.0
+            m2[c] = 0.0
+        cnt = 0.0
+        for g in range(p.ng):
+            gcnt = <double>(((g + 1) * N // p.ng - g * N // p.ng) * S)
+            merge_into(mean + ca, m2 + ca, 1, part + 2 * (g * C + ca),
+                       part + 2 * (g * C + ca) + 1, 2, cz - ca, cnt, gcnt)
+            cnt = cnt + gcnt
 
 
-cdef void rows_totals(const double* part, Py_ssize_t R, Py_ssize_t C, Py_ssize_t nparts,
-                      double* mean, double* m2) noexcept nogil:
-    # (mean, M2) per channel from the row units' part [nparts, C, 2], in unit order
-    cdef Py_ssize_t c, g
-    cdef double cnt = 0.0, gcnt
-    for c in range(C):
-        mean[c] = 0.0
-        m2[c] = 0.0
-    for g in range(nparts):
-        gcnt = <double>((g + 1) * R // nparts - g * R // nparts)
-        merge_into(mean, m2, 1, part + 2 * g * C, part + 2 * g * C + 1, 2, C, cnt, gcnt)
-        cnt = cnt + gcnt
+cdef void rows_backprop_totals(const double* part, Py_ssize_t R, Py_ssize_t C,
+                               double* sdy, double* sdx, int nthreads) noexcept nogil:
+    # sdy, sdx per channel from the row groups' part [nu, 2, k * C]: each
+    # group's k columns of a channel added first, then the groups in order
+    cdef Py_ssize_t k = column_widen(C), W = column_widen(C) * C, nu = column_units(R)
+    cdef Py_ssize_t c, u, j, i, ca, cz
+    cdef double fa, fb
+    cdef const double* row
+    for i in prange(ceil_div(C, COMBINE_CHANNELS), schedule='static', num_threads=nthreads):
+        ca = i * COMBINE_CHANNELS
+        cz = min(C, ca + COMBINE_CHANNELS)
+        for c in range(ca, cz):
+            sdy[c] = 0.0
+            sdx[c] = 0.0
+        for u in range(nu):
+            row = part + 2 * u * W
+            for c in range(ca, cz):
+                fa = 0.0
+                fb = 0.0
+                for j in range(k):
+                    fa = fa + row[j * C + c]
+                    fb = fb + row[W + j * C + c]
+                sdy[c] = sdy[c] + fa
+                sdx[c] = sdx[c] + fb
+
+
+cdef int rows_totals(const double* part, Py_ssize_t R, Py_ssize_t C, double* mean,
+                     double* m2, int nthreads) noexcept nogil:
+    # (mean, M2) per channel from the row groups' part [nu, 2, k * C]: each
+    # group's k columns of a channel merged first, then the groups in order
+    cdef Py_ssize_t k = column_widen(C), W = column_widen(C) * C, nu = column_units(R)
+    cdef Py_ssize_t c, u, j, i, ca, cz, r0, nrows, last_w
+    cdef double cnt, gcnt, nb
+    cdef double* g
+    cdef int failed = 0
+    for i in prange(ceil_div(C, COMBINE_CHANNELS), schedule='static', num_threads=nthreads):
+        ca = i * COMBINE_CHANNELS
+        cz = min(C, ca + COMBINE_CHANNELS)
+        g = <double*>malloc(2 * (cz - ca) * sizeof(double))
+        if g == NULL:
+            failed += 1
+            continue
+        for c in range(ca, cz):
+            mean[c] = 0.0
+            m2[c] = 0.0
+        cnt = 0.0
+        for u in range(nu):
+            # (assigned here too, so that prange makes them private)
+            r0 = nrows = last_w = 0
+            row_group(R, C, k, nu, u, &r0, &nrows, &last_w)
+            for c in range(2 * (cz - ca)):
+                g[c] = 0.0
+            gcnt = 0.0
+            for j in range(k):
+                # columns at or past last_w (a multiple of C) have one row fewer
+                nb = <double>(nrows - (1 if j * C >= last_w else 0))
+                merge_into(g, g + (cz - ca), 1, part + 2 * u * W + j * C + ca,
+                           part + 2 * u * W + W + j * C + ca, 1, cz - ca, gcnt, nb)
+                gcnt = gcnt + nb
+            merge_into(mean + ca, m2 + ca, 1, g, g + (cz - ca), 1, cz - ca, cnt, gcnt)
+            cnt = cnt + gcnt
+        free(g)
+    return -1 if failed else 0
 
 
 # ---------------------------------------------------------------------------
@@ -277,11 +342,13 @@ cdef inline void wide_mark(WideCoef* w, Py_ssize_t c, bint flagged) noexcept nog
 
 
 cdef int nchw_sweep_w(const floating* x, const floating* dy, floating* out, Py_ssize_t N,
-                      Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t cb0, Py_ssize_t cb1,
-                      const floating* coef, WideCoef* w, int nthreads) noexcept nogil:
+                      Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t c0, Py_ssize_t c1,
+                      bint units, const floating* coef, WideCoef* w,
+                      int nthreads) noexcept nogil:
     if w.any:
-        return nchw_sweep(x, dy, out, N, C, S, p, cb0, cb1, coef, w.coef, w.flag, nthreads)
-    return nchw_sweep(x, dy, out, N, C, S, p, cb0, cb1, coef, NULL, NULL, nthreads)
+        return nchw_sweep(x, dy, out, N, C, S, p, c0, c1, units, coef, w.coef, w.flag,
+                          nthreads)
+    return nchw_sweep(x, dy, out, N, C, S, p, c0, c1, units, coef, NULL, NULL, nthreads)
 
 
 cdef void nhwc_sweep_w(const floating* x, const floating* dy, floating* out, Py_ssize_t R,
@@ -305,7 +372,7 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
                          int nthreads) noexcept nogil:
     """Per-channel (dscale, dbias); with out != NULL also dx (fused)."""
     cdef PlanePlan p
-    cdef Py_ssize_t nparts, k = column_widen(C), cb0, cb1, sb, c0, c1, c
+    cdef Py_ssize_t nparts, k = column_widen(C), c0, c1, c
     cdef bint settled
     cdef double* part
     cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
@@ -316,7 +383,7 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
         p = backprop_plan(N, C, S, sizeof(floating), out != NULL, cache_bytes)
         nparts = p.ng
     else:
-        nparts = column_units(N)
+        nparts = column_units(N) * k
         coef_w = <floating*>malloc(4 * k * C * sizeof(floating))
     part = <double*>malloc(2 * nparts * C * sizeof(double))
     rc = wide_alloc(&w, C, k, S == 1)
@@ -331,45 +398,42 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
     if S > 1:
         # Cache blocking: reduce a block of channels, then sweep its dX while
         # its x and dy are still in L3.
-        sb = p.sb
-        cb0 = 0
-        while cb0 < p.ncb:
-            cb1 = min(p.ncb, cb0 + sb)
-            c0 = cb0 * p.cb
-            c1 = min(C, cb1 * p.cb)
-            rc = nchw_backprop_sums(x, dy, N, C, S, p, cb0, cb1, coef, False, part, nthreads)
+        c0 = 0
+        while c0 < C:
+            c1 = min(C, c0 + p.L)
+            rc = nchw_backprop_sums(x, dy, N, C, S, p, c0, c1, coef, False, part, nthreads)
             if rc != 0:
                 break
             # dbias holds the sums of dy, dscale those of dy * (x - mean_hi)
-            sum_parts(part, p.ng, C, c0, c1, dbias, dscale)
+            sum_parts(part, p.ng, C, c0, c1, dbias, dscale, nthreads)
             if (floating is float and totals_bad(dbias, dscale, c0, c1, <double>(N * S))
                     and not nchw_settle(x, dy, N, C, S, c0, c1, coef, dbias, dscale,
                                         nthreads)):
-                rc = nchw_backprop_sums(x, dy, N, C, S, p, cb0, cb1, coef, True, part,
+                rc = nchw_backprop_sums(x, dy, N, C, S, p, c0, c1, coef, True, part,
                                         nthreads)
                 if rc != 0:
                     break
-                sum_parts(part, p.ng, C, c0, c1, dbias, dscale)
+                sum_parts(part, p.ng, C, c0, c1, dbias, dscale, nthreads)
             for c in range(c0, c1):
                 finish_backprop(c, dbias[c], dscale[c], mean, coef, inv_std, dscale, dbias)
             if out != NULL:
                 for c in range(c0, c1):
                     wide_mark(&w, c, set_dx_coef(c, C, mean, inv_std, scale, dscale, dbias,
                                                  count, coef, w.coef))
-                rc = nchw_sweep_w(x, dy, out, N, C, S, p, cb0, cb1, coef, &w, nthreads)
+                rc = nchw_sweep_w(x, dy, out, N, C, S, p, c0, c1, True, coef, &w, nthreads)
                 if rc != 0:
                     break
-            cb0 = cb1
+            c0 = c1
     else:
         tile_coef(coef, C, k, coef_w)
         rc = nhwc_backprop_sums(x, dy, N, C, coef_w, False, part, nthreads)
         if rc == 0:
-            sum_parts(part, nparts, C, 0, C, dbias, dscale)
+            rows_backprop_totals(part, N, C, dbias, dscale, nthreads)
             if floating is float and totals_bad(dbias, dscale, 0, C, <double>N):
                 rc = rows_settle(x, dy, N, C, coef, dbias, dscale, &settled, nthreads)
                 if rc == 0 and not settled:
                     rc = nhwc_backprop_sums(x, dy, N, C, coef_w, True, part, nthreads)
-                    sum_parts(part, nparts, C, 0, C, dbias, dscale)
+                    rows_backprop_totals(part, N, C, dbias, dscale, nthreads)
         if rc == 0:
             for c in range(C):
                 finish_backprop(c, dbias[c], dscale[c], mean, coef, inv_std, dscale, dbias)
@@ -394,7 +458,7 @@ cdef int sweep_driver(const floating* x, const floating* dy, floating* out, Py_s
     cdef PlanePlan p
     if S > 1:
         p = sweep_plan(N, C, S)
-        return nchw_sweep_w(x, dy, out, N, C, S, p, 0, p.ncb, coef, w, nthreads)
+        return nchw_sweep_w(x, dy, out, N, C, S, p, 0, C, False, coef, w, nthreads)
     coef_w = <floating*>malloc(4 * k * C * sizeof(floating))
     if coef_w == NULL:
         return -1
@@ -430,7 +494,7 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
                         int nthreads) noexcept nogil:
     """Per-channel (mean, M2); with out != NULL also inv_std and y (fused)."""
     cdef PlanePlan p
-    cdef Py_ssize_t nparts, k = column_widen(C), cb0, cb1, sb, c0, c1, c
+    cdef Py_ssize_t nparts, k = column_widen(C), c0, c1, c
     cdef bint settled
     cdef double* part
     cdef floating* coef = NULL
@@ -444,7 +508,7 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
         p = moments_plan(N, C, S, sizeof(floating), out != NULL, cache_bytes)
         nparts = p.ng
     else:
-        nparts = column_units(N)
+        nparts = column_units(N) * k
     part = <double*>malloc(2 * nparts * C * sizeof(double))
     if out != NULL:
         coef = <floating*>malloc(4 * C * sizeof(floating))
@@ -458,45 +522,44 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
         wide_free(&w)
         return -1
     if S > 1:
-        sb = p.sb
-        cb0 = 0
-        while cb0 < p.ncb:
-            cb1 = min(p.ncb, cb0 + sb)
-            c0 = cb0 * p.cb
-            c1 = min(C, cb1 * p.cb)
-            rc = nchw_moments(x, N, C, S, p, cb0, cb1, False, part, nthreads)
+        c0 = 0
+        while c0 < C:
+            c1 = min(C, c0 + p.L)
+            rc = nchw_moments(x, N, C, S, p, c0, c1, False, part, nthreads)
             if rc != 0:
                 break
-            nchw_totals(part, N, C, S, p, c0, c1, mean, m2)
+            nchw_totals(part, N, C, S, p, c0, c1, mean, m2, nthreads)
             if (floating is float and S < SHORT_PLANE
                     and totals_bad(mean, m2, c0, c1, <double>(N * S))
                     and not nchw_settle(x, <const floating*>NULL, N, C, S, c0, c1,
                                         <const floating*>NULL, mean, m2, nthreads)):
-                rc = nchw_moments(x, N, C, S, p, cb0, cb1, True, part, nthreads)
+                rc = nchw_moments(x, N, C, S, p, c0, c1, True, part, nthreads)
                 if rc != 0:
                     break
-                nchw_totals(part, N, C, S, p, c0, c1, mean, m2)
+                nchw_totals(part, N, C, S, p, c0, c1, mean, m2, nthreads)
             finish_moments(mean, m2, c0, c1)
             if out != NULL:
                 for c in range(c0, c1):
                     inv_std[c] = 1.0 / sqrt(m2[c] / <double>(N * S) + eps)
                     wide_mark(&w, c, set_affine_coef(c, C, mean[c], scale[c] * inv_std[c],
                                                      bias[c], sqrt(m2[c]), coef, w.coef))
-                rc = nchw_sweep_w(x, <floating*>NULL, out, N, C, S, p, cb0, cb1, coef, &w,
-                                  nthreads)
+                rc = nchw_sweep_w(x, <floating*>NULL, out, N, C, S, p, c0, c1, not p.cols,
+                                  coef, &w, nthreads)
                 if rc != 0:
                     break
-            cb0 = cb1
+            c0 = c1
     else:
         rc = nhwc_moments(x, N, C, False, part, nthreads)
         if rc == 0:
-            rows_totals(part, N, C, nparts, mean, m2)
+            rc = rows_totals(part, N, C, mean, m2, nthreads)
+        if rc == 0:
             if floating is float and totals_bad(mean, m2, 0, C, <double>N):
                 rc = rows_settle(x, <const floating*>NULL, N, C, <const floating*>NULL, mean,
                                  m2, &settled, nthreads)
                 if rc == 0 and not settled:
                     rc = nhwc_moments(x, N, C, True, part, nthreads)
-                    rows_totals(part, N, C, nparts, mean, m2)
+                    if rc == 0:
+                        rc = rows_totals(part, N, C, mean, m2, nthreads)
         if rc == 0:
             finish_moments(mean, m2, 0, C)
             if out != NULL:

@@ -63,49 +63,52 @@ cdef inline void flush_backprop(floating* ady, floating* adx, double* colsum,
 
 
 cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows,
-                         Py_ssize_t W, Py_ssize_t last_w, const floating* mh_w,
-                         bint quarters, bint checked, double* colsum) noexcept nogil:
-    # colsum is [2, W]: per column sum dy and sum dy * (x - mh_w) over nrows
-    # contiguous rows of W elements, the last row last_w.
+                         Py_ssize_t st, Py_ssize_t m, Py_ssize_t last_m, Py_ssize_t full,
+                         const floating* mh_w, bint quarters, bint checked,
+                         double* colsum) noexcept nogil:
+    # colsum is [2, m]: per column sum dy and sum dy * (x - mh_w) over nrows
+    # rows st apart, m columns wide; rows at or past `full` (only the last
+    # row of a row group can be short) are last_m wide. `full` is the row
+    # group's, whatever columns of it this call sums, so that every column's
+    # rows are added in the same order in any piece.
     # With quarters, the q = full // 4 first rows of each quarter of the
     # full-width rows go together: step i adds rows i, q + i, 2q + i and
     # 3q + i, so each accumulator is loaded and stored once per four rows while
     # memory is read as four long sequential streams per array. (Four adjacent
     # rows instead were up to 2.4x slower on rows of 1 KiB, where they share a
     # 4 KiB page.) The remaining rows go one at a time.
-    cdef Py_ssize_t span = W * sizeof(floating) + 4096
+    cdef Py_ssize_t span = m * sizeof(floating) + 4096
     cdef char* raw = <char*>malloc(2 * span)
     cdef floating* ady
     cdef floating* adx
     cdef Py_ssize_t i = 0, i1, j
-    cdef Py_ssize_t full = nrows if last_w == W else nrows - 1
     cdef Py_ssize_t q = full // 4 if quarters else 0
     if raw == NULL:
         return -1
     ady = <floating*>cbp_place(raw, x, 0)
     adx = <floating*>cbp_place(raw + span, x, 1)
-    for j in range(W):
+    for j in range(m):
         colsum[j] = 0.0
-        colsum[W + j] = 0.0
+        colsum[m + j] = 0.0
         ady[j] = 0
         adx[j] = 0
     while i < q:
         i1 = min(q, i + ROW_FLUSH // 4)
         while i < i1:
-            rows_backprop(x + i * W, dy + i * W, 4, q * W, mh_w, ady, adx, W)
+            rows_backprop(x + i * st, dy + i * st, 4, q * st, mh_w, ady, adx, m)
             i = i + 1
-        flush_backprop(ady, adx, colsum, W)
+        flush_backprop(ady, adx, colsum, m)
     i = 4 * q
     while i < nrows:
         i1 = min(nrows, i + ROW_FLUSH)
         while i < i1:
-            rows_backprop(x + i * W, dy + i * W, 1, W, mh_w, ady, adx,
-                          W if i < full else last_w)
+            rows_backprop(x + i * st, dy + i * st, 1, st, mh_w, ady, adx,
+                          m if i < full else last_m)
             i = i + 1
-        flush_backprop(ady, adx, colsum, W)
+        flush_backprop(ady, adx, colsum, m)
     free(raw)
     if floating is float and checked:
-        return recheck_backprop(x, dy, nrows, W, last_w, mh_w, colsum)
+        return recheck_backprop(x, dy, nrows, st, m, last_m, mh_w, colsum)
     return 0
 
 
@@ -128,8 +131,8 @@ cdef inline bint columns_bad(const double* s1, const double* s2, Py_ssize_t W,
 
 
 cdef int recheck_backprop(const floating* x, const floating* dy, Py_ssize_t nrows,
-                          Py_ssize_t W, Py_ssize_t last_w, const floating* mh_w,
-                          double* colsum) noexcept nogil:
+                          Py_ssize_t stride, Py_ssize_t W, Py_ssize_t last_w,
+                          const floating* mh_w, double* colsum) noexcept nogil:
     # Columns whose products were all exactly 0 (dead channels) are exact as
     # they are; the rest of the failing ones are summed again in float64.
     cdef Py_ssize_t j, redo = 0
@@ -141,14 +144,14 @@ cdef int recheck_backprop(const floating* x, const floating* dy, Py_ssize_t nrow
     if w == NULL:
         return -1
     ok = <unsigned char*>(w + 3 * W)
-    wide_exact_columns(x, dy, nrows, W, W, last_w, mh_w, ok)
+    wide_exact_columns(x, dy, nrows, stride, W, last_w, mh_w, ok)
     for j in range(W):
         if not (ok[j] or column_ok(colsum[j], colsum[W + j], <double>(nrows - (j >= last_w)))):
             redo = redo + 1
     if redo:
         for j in range(W):
             w[j] = mh_w[j]
-        wide_columns(x, dy, nrows, W, W, last_w, w, w + W, w + 2 * W)
+        wide_columns(x, dy, nrows, stride, W, last_w, w, w + W, w + 2 * W)
         for j in range(W):
             if not (ok[j] or column_ok(colsum[j], colsum[W + j],
                                        <double>(nrows - (j >= last_w)))):
@@ -199,10 +202,12 @@ cdef int recheck_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
 
 
 cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
-                        Py_ssize_t W, Py_ssize_t last_w, bint quarters, bint checked,
-                        double* colstats) noexcept nogil:
+                        Py_ssize_t W, Py_ssize_t last_w, Py_ssize_t full, bint quarters,
+                        bint four, bint checked, double* colstats) noexcept nogil:
     # colstats is [2, W]: per column (mean, M2); the count of column j is
-    # nrows, or nrows - 1 for j >= last_w (only the last row is short).
+    # nrows, or nrows - 1 for j >= last_w (only the last row is short: rows
+    # at or past `full`). `full` and `four` are the row group's, as in
+    # column_backprop, whatever columns of it this call sums.
     # Corrected two-pass moments per block of ROW_FLUSH rows (the block stays
     # in L2 for the second pass) about a per-column shift, merged with Chan's
     # formula. With quarters, the first blocks take their rows from the four
@@ -216,7 +221,6 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
     cdef floating* b
     cdef floating* bh
     cdef Py_ssize_t i = 0, i1, r, j, k
-    cdef Py_ssize_t full = nrows if last_w == W else nrows - 1
     cdef double nb
     # First pass of the other blocks (from memory): four adjacent rows at a
     # time where rows are apart or short (measured 1.3x to 1.6x faster there);
@@ -224,8 +228,7 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
     # streams in one 4 KiB page starve the hardware prefetcher (1.3x to 1.6x
     # slower). The second pass re-reads the block from cache: always four rows
     # at a time (each accumulator loaded and stored once per four rows, 1.2x
-    # faster).
-    cdef bint four = stride != W or W < 128
+    # faster). The caller decides `four` (row_moments_four).
     cdef Py_ssize_t q = full // 4 if quarters else 0
     if raw == NULL:
         return -1
@@ -285,50 +288,68 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
     return 0
 
 
-cdef int nhwc_backprop_unit(const floating* x, const floating* dy, Py_ssize_t C,
-                            Py_ssize_t k, Py_ssize_t r0, Py_ssize_t r1,
-                            const floating* mh_w, bint quarters, bint checked,
-                            double* out) noexcept nogil:
-    # out is [C, 2]: (sum dy, sum dy * (x - mean_hi)) over pixel rows r0..r1.
-    cdef Py_ssize_t W = k * C, nrows = ceil_div(r1 - r0, k), i, c
-    cdef double* colsum = <double*>malloc(2 * W * sizeof(double))
-    if colsum == NULL:
+cdef inline bint row_moments_four(Py_ssize_t stride, Py_ssize_t W) noexcept nogil:
+    # column_moments' first pass reads four adjacent rows at a time where rows
+    # of W elements are apart or short
+    return stride != W or W < 128
+
+
+# Rows (NHWC, 2-D): units are (row group u, 64 bytes of its W = k * C
+# columns), u-major. A piece is a run of one row group's columns; part holds
+# each row group's per-column results [nu, 2, W], folded over the k pixels of
+# a fused row and combined over the row groups afterwards (_drivers.pxi).
+
+cdef inline void row_group(Py_ssize_t R, Py_ssize_t C, Py_ssize_t k, Py_ssize_t nu,
+                           Py_ssize_t u, Py_ssize_t* r0, Py_ssize_t* nrows,
+                           Py_ssize_t* last_w) noexcept nogil:
+    # first pixel row, fused rows and width of the last fused row of group u
+    cdef Py_ssize_t r1 = (u + 1) * R // nu
+    r0[0] = u * R // nu
+    nrows[0] = ceil_div(r1 - r0[0], k)
+    last_w[0] = (r1 - r0[0] - (nrows[0] - 1) * k) * C
+
+
+cdef int nhwc_backprop_piece(const floating* x, const floating* dy, Py_ssize_t R,
+                             Py_ssize_t C, Py_ssize_t k, Py_ssize_t nu, Py_ssize_t u,
+                             Py_ssize_t ja, Py_ssize_t jz, const floating* mh_w,
+                             bint quarters, bint checked, double* part) noexcept nogil:
+    # columns ja..jz of row group u into part[u] ([2, W]: sum dy, sum dy * (x - mean_hi))
+    cdef Py_ssize_t W = k * C, r0, nrows, last_w, m = jz - ja, j
+    cdef double* cs = <double*>malloc(2 * m * sizeof(double))
+    cdef double* out = part + 2 * u * W
+    if cs == NULL:
         return -1
-    if column_backprop(x + r0 * C, dy + r0 * C, nrows, W,
-                       (r1 - r0 - (nrows - 1) * k) * C, mh_w, quarters, checked, colsum) != 0:
-        free(colsum)
+    row_group(R, C, k, nu, u, &r0, &nrows, &last_w)
+    if column_backprop(x + r0 * C + ja, dy + r0 * C + ja, nrows, W, m,
+                       max(0, min(m, last_w - ja)), nrows if last_w == W else nrows - 1,
+                       mh_w + ja, quarters, checked, cs) != 0:
+        free(cs)
         return -1
-    for c in range(C):
-        out[2 * c] = 0.0
-        out[2 * c + 1] = 0.0
-        for i in range(k):
-            out[2 * c] = out[2 * c] + colsum[i * C + c]
-            out[2 * c + 1] = out[2 * c + 1] + colsum[W + i * C + c]
-    free(colsum)
+    for j in range(m):
+        out[ja + j] = cs[j]
+        out[W + ja + j] = cs[m + j]
+    free(cs)
     return 0
 
 
-cdef int nhwc_moments_unit(const floating* x, Py_ssize_t C, Py_ssize_t k, Py_ssize_t r0,
-                           Py_ssize_t r1, bint checked, double* out) noexcept nogil:
-    # out is [C, 2]: (mean, M2) over pixel rows r0..r1 (count r1 - r0).
-    cdef Py_ssize_t W = k * C, nrows = ceil_div(r1 - r0, k), i, c
-    cdef Py_ssize_t last_w = (r1 - r0 - (nrows - 1) * k) * C
-    cdef double cnt, nb
-    cdef double* cs = <double*>malloc(2 * W * sizeof(double))
+cdef int nhwc_moments_piece(const floating* x, Py_ssize_t R, Py_ssize_t C, Py_ssize_t k,
+                            Py_ssize_t nu, Py_ssize_t u, Py_ssize_t ja, Py_ssize_t jz,
+                            bint checked, double* part) noexcept nogil:
+    # columns ja..jz of row group u into part[u] ([2, W]: mean, M2)
+    cdef Py_ssize_t W = k * C, r0, nrows, last_w, m = jz - ja, j
+    cdef double* cs = <double*>malloc(2 * m * sizeof(double))
+    cdef double* out = part + 2 * u * W
     if cs == NULL:
         return -1
-    if column_moments(x + r0 * C, nrows, W, W, last_w, True, checked, cs) != 0:
+    row_group(R, C, k, nu, u, &r0, &nrows, &last_w)
+    if column_moments(x + r0 * C + ja, nrows, W, m, max(0, min(m, last_w - ja)),
+                      nrows if last_w == W else nrows - 1, True, row_moments_four(W, W),
+                      checked, cs) != 0:
         free(cs)
         return -1
-    for c in range(2 * C):
-        out[c] = 0.0
-    # column i * C + c holds channel c; columns at or past last_w (a multiple
-    # of C) have one row fewer
-    cnt = 0.0
-    for i in range(k):
-        nb = <double>(nrows - (1 if i * C >= last_w else 0))
-        merge_into(out, out + 1, 2, cs + i * C, cs + W + i * C, 1, C, cnt, nb)
-        cnt = cnt + nb
+    for j in range(m):
+        out[ja + j] = cs[j]
+        out[W + ja + j] = cs[m + j]
     free(cs)
     return 0
 
@@ -336,24 +357,40 @@ cdef int nhwc_moments_unit(const floating* x, Py_ssize_t C, Py_ssize_t k, Py_ssi
 cdef int nhwc_backprop_sums(const floating* x, const floating* dy, Py_ssize_t R,
                             Py_ssize_t C, const floating* mh_w, bint checked, double* part,
                             int nthreads) noexcept nogil:
-    # part is [units, C, 2]; unit u covers rows u*R//nu .. (u+1)*R//nu
-    cdef Py_ssize_t nu = column_units(R), k = column_widen(C), u
+    # part is [nu, 2, k * C], nu = column_units(R); one share per thread
+    cdef Py_ssize_t nu = column_units(R), k = column_widen(C), W = column_widen(C) * C
+    cdef Py_ssize_t gw = column_grain(sizeof(floating)), ncg = ceil_div(W, gw)
+    cdef Py_ssize_t t, lo, hi, u
     cdef bint quarters = column_quarters(R, C, sizeof(floating))
     cdef int failed = 0
-    for u in prange(nu, schedule='static', num_threads=nthreads):
-        if nhwc_backprop_unit(x, dy, C, k, u * R // nu, (u + 1) * R // nu,
-                              mh_w, quarters, checked, part + 2 * u * C) != 0:
-            failed += 1
+    for t in prange(nthreads, schedule='static', num_threads=nthreads):
+        lo = share_lo(nu * ncg, nthreads, t)
+        hi = share_lo(nu * ncg, nthreads, t + 1)
+        while lo < hi:
+            u = lo // ncg
+            if nhwc_backprop_piece(x, dy, R, C, k, nu, u, (lo - u * ncg) * gw,
+                                   min(W, (min(hi, (u + 1) * ncg) - u * ncg) * gw), mh_w,
+                                   quarters, checked, part) != 0:
+                failed += 1
+            lo = min(hi, (u + 1) * ncg)
     return -1 if failed else 0
 
 
 cdef int nhwc_moments(const floating* x, Py_ssize_t R, Py_ssize_t C, bint checked,
                       double* part, int nthreads) noexcept nogil:
-    # part is [units, C, 2]; unit u covers rows u*R//nu .. (u+1)*R//nu
-    cdef Py_ssize_t nu = column_units(R), k = column_widen(C), u
+    # part is [nu, 2, k * C] (mean, M2 per column); one share per thread
+    cdef Py_ssize_t nu = column_units(R), k = column_widen(C), W = column_widen(C) * C
+    cdef Py_ssize_t gw = column_grain(sizeof(floating)), ncg = ceil_div(W, gw)
+    cdef Py_ssize_t t, lo, hi, u
     cdef int failed = 0
-    for u in prange(nu, schedule='static', num_threads=nthreads):
-        if nhwc_moments_unit(x, C, k, u * R // nu, (u + 1) * R // nu, checked,
-                             part + 2 * u * C) != 0:
-            failed += 1
+    for t in prange(nthreads, schedule='static', num_threads=nthreads):
+        lo = share_lo(nu * ncg, nthreads, t)
+        hi = share_lo(nu * ncg, nthreads, t + 1)
+        while lo < hi:
+            u = lo // ncg
+            if nhwc_moments_piece(x, R, C, k, nu, u, (lo - u * ncg) * gw,
+                                  min(W, (min(hi, (u + 1) * ncg) - u * ncg) * gw), checked,
+                                  part) != 0:
+                failed += 1
+            lo = min(hi, (u + 1) * ncg)
     return -1 if failed else 0

@@ -14,11 +14,25 @@
 
 
 cdef struct PlanePlan:
-    Py_ssize_t cb     # channels per channel block
-    Py_ssize_t ncb    # number of channel blocks
-    Py_ssize_t ng     # number of image groups; a unit is (channel block, image group)
-    Py_ssize_t sb     # channel blocks per cache block (the fused passes' superblock)
+    Py_ssize_t ng     # image groups; a unit is (image group, channel)
+    Py_ssize_t L      # channels per cache block (the fused passes' block)
+    Py_ssize_t cb     # column plans: channels per run block (sets ng and `four`)
     bint cols         # short planes summed by the column kernels
+    bint four         # column plans: first-pass rows read four adjacent at a time
+
+
+# Threads and units. A parallel loop runs one task per thread of the team,
+# and task t takes share t of the units: contiguous, in unit order, the
+# first (units % team) shares one unit longer (OpenMP's static schedule).
+# Units are fine (a channel of an image group, 64 bytes of columns of a row
+# group, a run of a sweep), so that any team gets near-equal shares; a task
+# then runs its share as a few long pieces (whole runs of adjacent units),
+# which the kernels sum in exactly the order of unit after unit: the bits
+# depend only on the units, never on the shares.
+
+cdef inline Py_ssize_t share_lo(Py_ssize_t n, Py_ssize_t t, Py_ssize_t i) noexcept nogil:
+    # first unit of share i of n units over t shares
+    return i * (n // t) + min(i, n % t)
 
 
 # The sizes that follow the last-level cache (csrc/cbp_tuning.h), set at
@@ -47,31 +61,40 @@ cdef inline PlanePlan plane_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     (L = C when nothing is re-read); planes shorter than short_plane are
     summed as columns."""
     cdef PlanePlan p
-    cdef Py_ssize_t k
+    cdef Py_ssize_t ncb
     p.cols = S < short_plane
     if p.cols:
-        # Column kernels: a row is one image's run of a small channel block.
+        # Column kernels: a row is one image's run of channels; runs of at
+        # least RUN_ELEMS elements set how many image groups there are and
+        # how the first pass reads rows (both decide the bits).
         p.cb = min(C, ceil_div(RUN_ELEMS, S))
-        p.ncb = ceil_div(C, p.cb)
-        p.ng = max(ceil_div(N * p.cb * S, UNIT_ELEMS), ceil_div(MIN_UNITS, p.ncb))
+        ncb = ceil_div(C, p.cb)
+        p.ng = max(ceil_div(N * p.cb * S, UNIT_ELEMS), ceil_div(MIN_UNITS, ncb))
         p.ng = max(1, min(p.ng, N))
-        p.sb = max(1, L // p.cb)
+        p.L = C
+        p.four = p.cb < C or C * S < 128
     else:
-        # Plane kernels: each unit reads, image after image, one contiguous run
-        # of a channel block, so memory is streamed in order; a cache block is
-        # cut into k channel blocks so it still holds MIN_UNITS units.
+        # Plane kernels: a unit is one channel's planes in one image group;
+        # units run image group by image group, so a share reads each image's
+        # run of channels contiguously.
         p.ng = max(1, min(N, MIN_UNITS))
-        k = ceil_div(MIN_UNITS, p.ng)
-        p.cb = max(1, min(L, C) // k)
-        p.ncb = ceil_div(C, p.cb)
-        p.sb = k
+        p.L = max(1, min(L, C))
+        p.cb = 1
+        p.four = False
     return p
 
 
 cdef inline Py_ssize_t column_units(Py_ssize_t R) noexcept nogil:
-    # units of at least UNIT_ROWS rows: a unit's fixed cost (zeroing, flushing
-    # and combining [C, 2] partial sums) is that of a few rows
+    # row groups of at least UNIT_ROWS rows: a group's fixed cost (zeroing,
+    # flushing and combining its [2, W] partial sums) is that of a few rows
     return max(1, min(ceil_div(R, UNIT_ROWS), MIN_UNITS))
+
+
+cdef inline Py_ssize_t column_grain(Py_ssize_t itemsize) noexcept nogil:
+    # columns per unit of a row group: the units are (row group, 64 bytes
+    # of its columns), and a share's adjacent units of one row group run as
+    # one piece (a column sum does not depend on its neighbours)
+    return max(1, COLUMN_UNIT_BYTES // itemsize)
 
 
 cdef inline bint column_quarters(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize) noexcept nogil:

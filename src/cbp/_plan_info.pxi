@@ -27,28 +27,43 @@ def _static_split(list counts, Py_ssize_t lo, Py_ssize_t hi, list sizes):
         start += m
 
 
-def _plane_units(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t cb0,
-                 Py_ssize_t cb1):
-    cdef Py_ssize_t u, cb, g, c0
+def _plane_units(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t c0,
+                 Py_ssize_t c1):
+    # units (image group, channel) of channels c0..c1, image group by image group
+    cdef Py_ssize_t g
     out = []
-    for u in range(cb0 * p.ng, cb1 * p.ng):
-        cb = u // p.ng
-        g = u % p.ng
-        c0 = cb * p.cb
-        out.append((min(C, c0 + p.cb) - c0) * ((g + 1) * N // p.ng - g * N // p.ng) * S)
+    for g in range(p.ng):
+        out.extend([((g + 1) * N // p.ng - g * N // p.ng) * S] * (c1 - c0))
     return out
 
 
-def _row_units(Py_ssize_t R, Py_ssize_t C, Py_ssize_t nu):
-    cdef Py_ssize_t u
-    return [((u + 1) * R // nu - u * R // nu) * C for u in range(nu)]
+def _row_units(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize):
+    # units (row group, 64 bytes of its fused row's columns), group by group
+    cdef Py_ssize_t k = column_widen(C), W = column_widen(C) * C, nu = column_units(R)
+    cdef Py_ssize_t gw = column_grain(itemsize), u, j, r0, nrows, last_w, m
+    out = []
+    for u in range(nu):
+        row_group(R, C, k, nu, u, &r0, &nrows, &last_w)
+        for j in range(0, W, gw):
+            m = min(W, j + gw) - j
+            out.append((nrows - 1) * m + max(0, min(m, last_w - j)))
+    return out
+
+
+def _flat_units(Py_ssize_t total):
+    # the sweeps' runs of SWEEP_UNIT_ELEMS elements in memory order
+    cdef Py_ssize_t n = total // SWEEP_UNIT_ELEMS
+    out = [SWEEP_UNIT_ELEMS] * n
+    if total > n * SWEEP_UNIT_ELEMS:
+        out.append(total - n * SWEEP_UNIT_ELEMS)
+    return out
 
 
 def describe_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize, str op,
                   int nthreads, Py_ssize_t cache_bytes):
     """The plan of `op` on an (N, C, S) block (see cbp.plan_info)."""
     cdef PlanePlan p
-    cdef Py_ssize_t cb0, nblocks = 0, k, nsr, ng, nu, nr, i, c0, nc
+    cdef Py_ssize_t c0, nblocks = 0, k
     reduction, fused, sweep = _OPS[op]
     threads = _team(nthreads, N * C * S)
     counts = [0] * threads
@@ -65,14 +80,14 @@ def describe_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize,
             else:
                 p = moments_plan(N, C, S, itemsize, fused, cache_bytes)
                 name = "nchw_short_plane_columns" if p.cols else "nchw_plane"
-            # the drivers reduce (and, fused, sweep) p.sb channel blocks at a time
-            cb0 = 0
-            while cb0 < p.ncb:
-                block = _plane_units(N, C, S, p, cb0, min(p.ncb, cb0 + p.sb))
+            # the drivers reduce (and, fused, sweep) p.L channels at a time
+            c0 = 0
+            while c0 < C:
+                block = _plane_units(N, C, S, p, c0, min(C, c0 + p.L))
                 _static_split(counts, 0, len(block), block)
                 units.extend(block)
                 nblocks += 1
-                cb0 += p.sb
+                c0 += p.L
             if blocked:
                 name += "_cache_blocked"
             info["blocks"] = nblocks
@@ -81,45 +96,32 @@ def describe_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize,
             k = column_widen(C)
             quartered = reduction == "moments" or column_quarters(N, C, itemsize)
             name = "rows_quartered" if quartered else "rows"
-            units = _row_units(N, C, column_units(N))
+            units = _row_units(N, C, itemsize)
             _static_split(counts, 0, len(units), units)
             info["widen"] = k
             info["blocks"] = 1
+            info["row_groups"] = column_units(N)
         info["reduction"] = name
     if sweep is not None:
-        tasks = []
         if S > 1:
             p = backprop_plan(N, C, S, itemsize, True, cache_bytes) if (
                 fused and reduction == "backprop") else (
                 moments_plan(N, C, S, itemsize, True, cache_bytes) if fused else sweep_plan(N, C, S))
-            if p.cols:
-                nc = C
-                nr = ceil_div(nc * S, RUN_SWEEP_ELEMS)
-                for i in range(N * nr):
-                    tasks.append(((i % nr + 1) * nc // nr - (i % nr) * nc // nr) * S)
-                sname = "nchw_plane_runs"
-            else:
-                tasks = _plane_units(N, C, S, p, 0, p.ncb)
-                sname = "nchw_plane_units"
+            # fused plane plans sweep the reduction's units; the rest in memory order
+            sname = "nchw_plane_units" if fused and not p.cols else "nchw_planes"
             streams = nchw_streams(N, C, S, itemsize)
         else:
             k = column_widen(C)
             info["widen"] = k
             if rows_sweep_quartered(N, C, itemsize):
-                tasks = _row_units(N, C, column_units(N))
                 sname = "rows_sweep_quartered"
             else:
-                nsr = ceil_div(N, k)
-                ng = ceil_div(nsr, 4)
-                nu = max(1, min(ng, MIN_UNITS))
-                tasks = [(min(N, 4 * k * ((i + 1) * ng // nu)) - 4 * k * (i * ng // nu)) * C
-                         for i in range(nu)]
                 sname = "rows_sweep_four" if column_quarters(N, C, itemsize) else "rows_sweep"
             streams = rows_streams(N, C, itemsize)
         info["sweep"] = sname
         info["streaming_stores"] = bool(streams)
         if reduction is None:
-            units = tasks
+            units = _flat_units(N * C * S)
             _static_split(counts, 0, len(units), units)
             info["blocks"] = 1
     info["kernel"] = info["reduction"] or info["sweep"]

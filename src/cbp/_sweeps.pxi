@@ -58,75 +58,121 @@ cdef inline void sweep_planes_t(const floating* x, const floating* dy, floating*
                   coef + 3 * C + c)
 
 
-cdef inline void sweep_rows(const floating* x, const floating* dy, floating* out,
-                            Py_ssize_t nrows, Py_ssize_t st, Py_ssize_t W, Py_ssize_t last_w,
-                            bint four, const floating* coef_w, bint nt,
-                            const double* wcoef_w) noexcept nogil:
-    # nrows rows st apart, each W wide but the last (last_w); coef_w is [4, W];
-    # four rows per coefficient load where `four`, else one; streaming stores
-    # where `nt`. With wcoef_w ([4, W] float64), every row is swept from it
-    # instead (csrc/wide.h).
-    cdef Py_ssize_t i = 0, m, full = nrows if last_w == W else nrows - 1
-    cdef int rows
-    cdef const floating* g
-    cdef const floating* a = coef_w + W
-    cdef const floating* b = coef_w + 2 * W
-    cdef const floating* k = coef_w + 3 * W
+cdef inline void sweep_row_piece(const floating* x, const floating* dy, floating* out,
+                                 int rows, Py_ssize_t st, Py_ssize_t m, const floating* coef_w,
+                                 Py_ssize_t W, Py_ssize_t j, bint nt,
+                                 const double* wcoef_w) noexcept nogil:
+    # `rows` (1 or 4) rows st apart, m elements from column j of coefficient
+    # rows W wide (coef_w [4, W]); streaming stores where `nt`. With wcoef_w
+    # ([4, W] float64), the rows are swept from it instead, one at a time
+    # (csrc/wide.h).
+    cdef int r
     if wcoef_w != NULL:
-        while i < nrows:
-            wide_rows_sweep(x + i * st, NULL if dy == NULL else dy + i * st, out + i * st,
-                            W if i < full else last_w, wcoef_w, wcoef_w + W, wcoef_w + 2 * W,
-                            wcoef_w + 3 * W)
-            i = i + 1
-        return
-    while i < nrows:
-        rows = 4 if (four and i + 4 <= full) else 1
-        g = NULL if dy == NULL else dy + i * st
-        m = W if i < full else last_w
-        if nt:
-            rows_sweep_nt(x + i * st, g, out + i * st, rows, st, m, coef_w, a, b, k)
-        else:
-            rows_sweep(x + i * st, g, out + i * st, rows, st, m, coef_w, a, b, k)
+        for r in range(rows):
+            wide_rows_sweep(x + r * st, NULL if dy == NULL else dy + r * st, out + r * st, m,
+                            wcoef_w + j, wcoef_w + W + j, wcoef_w + 2 * W + j,
+                            wcoef_w + 3 * W + j)
+    elif nt:
+        rows_sweep_nt(x, dy, out, rows, st, m, coef_w + j, coef_w + W + j, coef_w + 2 * W + j,
+                      coef_w + 3 * W + j)
+    else:
+        rows_sweep(x, dy, out, rows, st, m, coef_w + j, coef_w + W + j, coef_w + 2 * W + j,
+                   coef_w + 3 * W + j)
+
+
+cdef void sweep_rows_span(const floating* x, const floating* dy, floating* out,
+                          Py_ssize_t e0, Py_ssize_t e1, Py_ssize_t W, bint four,
+                          bint quartered, const floating* coef_w, bint nt,
+                          const double* wcoef_w) noexcept nogil:
+    # elements e0..e1 of rows W wide: the end of a first row, whole rows, the
+    # start of a last one. Whole rows go four per coefficient load where
+    # `four`; with `quartered`, the four come from the four quarters of the
+    # span's whole rows (long rows from memory: four sequential streams).
+    cdef Py_ssize_t r = e0 // W, j = e0 - (e0 // W) * W, m, nf, q, i
+    cdef int rows
+    if j > 0:
+        m = min(W - j, e1 - e0)
+        sweep_row_piece(x + e0, NULL if dy == NULL else dy + e0, out + e0, 1, W, m, coef_w, W,
+                        j, nt, wcoef_w)
+        e0 = e0 + m
+    nf = (e1 - e0) // W
+    if quartered:
+        q = nf // 4
+        for i in range(q):
+            sweep_row_piece(x + e0 + i * W, NULL if dy == NULL else dy + e0 + i * W,
+                            out + e0 + i * W, 4, q * W, W, coef_w, W, 0, nt, wcoef_w)
+        i = 4 * q
+    else:
+        i = 0
+    while i < nf:
+        rows = 4 if (four and not quartered and i + 4 <= nf) else 1
+        sweep_row_piece(x + e0 + i * W, NULL if dy == NULL else dy + e0 + i * W,
+                        out + e0 + i * W, rows, W, W, coef_w, W, 0, nt, wcoef_w)
         i = i + rows
+    e0 = e0 + nf * W
+    if e0 < e1:
+        sweep_row_piece(x + e0, NULL if dy == NULL else dy + e0, out + e0, 1, W, e1 - e0,
+                        coef_w, W, 0, nt, wcoef_w)
+
+
+cdef void sweep_planes_span(const floating* x, const floating* dy, floating* out,
+                            Py_ssize_t e0, Py_ssize_t e1, Py_ssize_t C, Py_ssize_t S,
+                            const floating* coef, bint nt, const double* wcoef,
+                            const char* wflag) noexcept nogil:
+    # elements e0..e1 of an (N, C, S) block: the end of a first plane, runs of
+    # whole planes of one image, the start of a last plane
+    cdef Py_ssize_t pl, s0, c, m
+    while e0 < e1:
+        pl = e0 // S
+        s0 = e0 - pl * S
+        c = pl % C
+        if s0 > 0 or e1 - e0 < S:
+            m = min(S - s0, e1 - e0)
+            sweep_planes(x + e0, NULL if dy == NULL else dy + e0, out + e0, 1, m, coef, C, c,
+                         nt, wcoef, wflag)
+        else:
+            m = min(C - c, (e1 - e0) // S) * S
+            sweep_planes(x + e0, NULL if dy == NULL else dy + e0, out + e0, m // S, S, coef,
+                         C, c, nt, wcoef, wflag)
+        e0 = e0 + m
 
 
 cdef int nchw_sweep(const floating* x, const floating* dy, floating* out, Py_ssize_t N,
-                    Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t cb0, Py_ssize_t cb1,
-                    const floating* coef, const double* wcoef, const char* wflag,
+                    Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t c0, Py_ssize_t c1,
+                    bint units, const floating* coef, const double* wcoef, const char* wflag,
                     int nthreads) noexcept nogil:
-    """dX (or, with dy == NULL, the affine map) for channel blocks cb0..cb1.
+    """dX (or, with dy == NULL, the affine map) for channels c0..c1.
 
-    wflag (or NULL): the channels swept from the float64 wcoef instead."""
-    cdef Py_ssize_t c0 = cb0 * p.cb, nc = min(C, cb1 * p.cb) - c0, i, n, off, nr, r0, r1
-    cdef Py_ssize_t u, cb, g, c1
+    With `units`, each thread sweeps the pieces of its share of the plane
+    plan's units, the data it has just summed in a fused pass (still in its
+    own caches; sweeping a neighbour's share measured 1.2x slower). Else the
+    whole block (c0 = 0, c1 = C) in memory order, shares of SWEEP_UNIT_ELEMS
+    runs. wflag (or NULL): the channels swept from the float64 wcoef instead."""
+    cdef Py_ssize_t nc = c1 - c0, nu, t, lo, hi, g, ca, cz, n, off, total
     cdef bint nt = nchw_streams(N, C, S, sizeof(floating))
-    if p.cols:
-        # Short planes of a column plan (units far apart in memory): tasks are
-        # runs of whole planes in memory order, image outer (sweeping a
-        # channel block image after image, 4 KiB pieces far apart, measured
-        # 1.7x-2.2x slower).
-        nr = ceil_div(nc * S, RUN_SWEEP_ELEMS)
-        for i in prange(N * nr, schedule='static', num_threads=nthreads):
-            r0 = c0 + (i % nr) * nc // nr
-            r1 = c0 + (i % nr + 1) * nc // nr
-            off = ((i // nr) * C + r0) * S
-            sweep_planes(x + off, NULL if dy == NULL else dy + off, out + off, r1 - r0, S,
-                      coef, C, r0, nt, wcoef, wflag)
+    if not units:
+        total = N * C * S
+        nu = ceil_div(total, SWEEP_UNIT_ELEMS)
+        for t in prange(nthreads, schedule='static', num_threads=nthreads):
+            lo = min(total, share_lo(nu, nthreads, t) * SWEEP_UNIT_ELEMS)
+            hi = min(total, share_lo(nu, nthreads, t + 1) * SWEEP_UNIT_ELEMS)
+            sweep_planes_span(x, dy, out, lo, hi, C, S, coef, nt, wcoef, wflag)
             if nt:
                 store_fence()
         return 0
-    # Plane plans: the reduction's units, in the same static schedule, so in
-    # the fused passes each thread sweeps the data it has just summed (still
-    # in its own caches; sweeping a neighbour's share measured 1.2x slower).
-    for u in prange(cb0 * p.ng, cb1 * p.ng, schedule='static', num_threads=nthreads):
-        cb = u // p.ng
-        g = u % p.ng
-        r0 = cb * p.cb
-        c1 = min(C, r0 + p.cb)
-        for n in range(g * N // p.ng, (g + 1) * N // p.ng):
-            off = (n * C + r0) * S
-            sweep_planes(x + off, NULL if dy == NULL else dy + off, out + off, c1 - r0, S,
-                      coef, C, r0, nt, wcoef, wflag)
+    nu = p.ng * nc
+    for t in prange(nthreads, schedule='static', num_threads=nthreads):
+        lo = share_lo(nu, nthreads, t)
+        hi = share_lo(nu, nthreads, t + 1)
+        while lo < hi:
+            g = lo // nc
+            ca = c0 + lo - g * nc
+            cz = c0 + min(hi, (g + 1) * nc) - g * nc
+            for n in range(g * N // p.ng, (g + 1) * N // p.ng):
+                off = (n * C + ca) * S
+                sweep_planes(x + off, NULL if dy == NULL else dy + off, out + off, cz - ca, S,
+                             coef, C, ca, nt, wcoef, wflag)
+            lo = min(hi, (g + 1) * nc)
         if nt:
             store_fence()
     return 0
@@ -137,44 +183,23 @@ cdef void nhwc_sweep(const floating* x, const floating* dy, floating* out, Py_ss
                      int nthreads) noexcept nogil:
     """dX (or, with dy == NULL, the affine map) over R rows of C channels.
 
-    Rows are fused k at a time (column_widen) and swept in groups of four
-    fused rows; coef_w is [4, k * C]. With wcoef_w ([4, k * C] float64, or
-    NULL), every row is swept from it (csrc/wide.h)."""
-    cdef Py_ssize_t k = column_widen(C), W = k * C, nsr = ceil_div(R, k)
-    cdef Py_ssize_t i, r0, r1, nr, nu, ng, q, j
+    Rows are fused k at a time (column_widen); coef_w is [4, k * C]. Threads
+    take shares of SWEEP_UNIT_ELEMS runs in memory order. With wcoef_w
+    ([4, k * C] float64, or NULL), every row is swept from it (csrc/wide.h)."""
+    cdef Py_ssize_t W = column_widen(C) * C, total = R * C
+    cdef Py_ssize_t nu = ceil_div(R * C, SWEEP_UNIT_ELEMS), t, lo, hi
     # Four rows per coefficient load where the coefficients outgrow L1
     # (W >= 2048) or the array stays in cache; shorter rows streamed from
-    # memory measured faster one at a time.
+    # memory measured faster one at a time. Long rows from memory take the
+    # four rows of a step from the four quarters of a share, as in
+    # column_backprop (k == 1 there): measured 0.88x the time on
+    # 256x2048x7x7 NHWC, but 1.13x on 32x2048x7x7, which stays in L3.
     cdef bint four = column_quarters(R, C, sizeof(floating))
+    cdef bint quartered = rows_sweep_quartered(R, C, sizeof(floating))
     cdef bint nt = rows_streams(R, C, sizeof(floating))
-    if rows_sweep_quartered(R, C, sizeof(floating)):
-        # Long rows from memory: the four rows of a step come from the four
-        # quarters of a unit, as in column_backprop (k == 1 here). Measured
-        # 0.88x the time on 256x2048x7x7 NHWC, but 1.13x on 32x2048x7x7,
-        # which stays in L3.
-        nu = column_units(R)
-        for i in prange(nu, schedule='static', num_threads=nthreads):
-            r0 = i * R // nu
-            nr = (i + 1) * R // nu - r0
-            q = nr // 4
-            for j in range(r0, r0 + q):
-                sweep_rows(x + j * C, NULL if dy == NULL else dy + j * C, out + j * C,
-                           4, q * C, C, C, True, coef_w, nt, wcoef_w)
-            sweep_rows(x + (r0 + 4 * q) * C, NULL if dy == NULL else dy + (r0 + 4 * q) * C,
-                       out + (r0 + 4 * q) * C, nr - 4 * q, C, C, C, False, coef_w, nt,
-                       wcoef_w)
-            if nt:
-                store_fence()
-        return
-    # Units of whole groups of four fused rows (one store fence per unit with
-    # streaming stores); only the last fused row of the last unit can be short.
-    ng = ceil_div(nsr, 4)
-    nu = max(1, min(ng, MIN_UNITS))
-    for i in prange(nu, schedule='static', num_threads=nthreads):
-        r0 = 4 * k * (i * ng // nu)
-        r1 = min(R, 4 * k * ((i + 1) * ng // nu))
-        nr = ceil_div(r1 - r0, k)
-        sweep_rows(x + r0 * C, NULL if dy == NULL else dy + r0 * C, out + r0 * C, nr, W, W,
-                   (r1 - r0 - (nr - 1) * k) * C, four, coef_w, nt, wcoef_w)
+    for t in prange(nthreads, schedule='static', num_threads=nthreads):
+        lo = min(total, share_lo(nu, nthreads, t) * SWEEP_UNIT_ELEMS)
+        hi = min(total, share_lo(nu, nthreads, t + 1) * SWEEP_UNIT_ELEMS)
+        sweep_rows_span(x, dy, out, lo, hi, W, four, quartered, coef_w, nt, wcoef_w)
         if nt:
             store_fence()

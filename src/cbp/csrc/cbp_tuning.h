@@ -116,9 +116,15 @@
    won 1.2x-2.0x but for NHWC backward (0.86x), and from 64K every case. */
 #define CBP_GRAIN_ELEMS 16384
 
-/* Elements per task of the short-plane NCHW sweep (runs of whole planes).
-   Chosen by: 7303da7. */
-#define CBP_RUN_SWEEP_ELEMS 16384
+/* Work units that only decide who does what (a thread's share is a run of
+   whole units; a sum never depends on them): the sweeps' units are runs of
+   SWEEP_UNIT_ELEMS elements in memory order, the column reductions' units a
+   row group's columns in COLUMN_UNIT_BYTES (one cache line). Small enough
+   that 128 threads get near-equal shares (at least 16 units each at one
+   thread per GRAIN_ELEMS), large enough that plan_info lists them cheaply.
+   Chosen by: the balance target of the performance issue. */
+#define CBP_SWEEP_UNIT_ELEMS 1024
+#define CBP_COLUMN_UNIT_BYTES 64
 
 /* NHWC sweeps over arrays larger than the LLC take long rows from four
    quarters of a unit (0.88x the time on 256x2048x7x7, 1.13x on 32x2048x7x7,
