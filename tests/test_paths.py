@@ -49,12 +49,15 @@ def _paths(canonical_shape, layout, dtype, cache=None):
             found.add(("widened rows", True))
         if info["reduction"] == "nchw_short_plane_columns" and info["image_groups"] > 1:
             found.add(("short-plane image groups", True))
+        if info.get("plane_chunks", 1) > 1:
+            found.add(("plane chunks", info["reduction"]))
     return found
 
 
 def _required():
     req = {("reduction", r) for r in REDUCTIONS} | {("sweep", s) for s in SWEEPS}
-    return req | {("widened rows", True), ("short-plane image groups", True)}
+    return req | {("widened rows", True), ("short-plane image groups", True),
+                  ("plane chunks", "nchw_plane"), ("plane chunks", "nchw_plane_cache_blocked")}
 
 
 def test_value_tests_reach_every_path():

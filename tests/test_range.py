@@ -29,11 +29,11 @@ F32_MAX = float(np.finfo(np.float32).max)
 RTOL = 2e-4
 
 # one shape per kernel path: NCHW long planes (plane kernels), short planes
-# (column moments), NHWC rows (widened columns), 2-D rows, and rows of >= 2048
-# channels (four-quarter column sums)
+# (column moments), NHWC rows (widened columns), 2-D rows, rows of >= 2048
+# channels (four-quarter column sums), and planes summed in chunks
 PATHS = [((4, 3, 32, 32), "NCHW"), ((16, 4, 5, 5), "NCHW"), ((8, 6, 6, 5), "NHWC"),
-         ((64, 7), "NCHW"), ((40, 2048), "NCHW")]
-PATH_IDS = ["planes", "short-planes", "nhwc", "rows", "quarters"]
+         ((64, 7), "NCHW"), ((40, 2048), "NCHW"), ((2, 3, 48, 48), "NCHW")]
+PATH_IDS = ["planes", "short-planes", "nhwc", "rows", "quarters", "plane-chunks"]
 EXPONENTS = [-40, -30, -22, -16, 0, 16, 20, 24, 30, 37]
 
 
@@ -171,6 +171,31 @@ def _mixed(shape, layout):
 def test_mixed_scales(shape, layout):
     x, dy = _mixed(shape, layout)
     _check_all(x, dy, layout)
+
+
+@pytest.mark.parametrize("shape,layout", PATHS, ids=PATH_IDS)
+def test_underflowing_products(shape, layout):
+    # dy and x - mean both about 1e-25: their float32 products (about 1e-50)
+    # underflow to 0, yet dscale (about 1e-25 per element) is representable;
+    # the reductions must redo such channels in float64 rather than return 0.
+    C = shape[1]
+    N = max(shape[0], 64)
+    shape = (N, C) + tuple(shape[2:])
+    x, dy = _data(shape, layout, [1e-25] * C, np.linspace(-2, 3, C), seed=5)
+    dy = dy * np.float32(1e-25)
+    M, mean, var, _ = ref.channel_stats(x, layout)
+    inv_std = 1.0 / np.sqrt(var)
+    ds_ref, db_ref = ref.channel_backprop_stats(x, dy, mean, inv_std, layout)
+    x2, dy2 = ref.to_mc(x, layout), ref.to_mc(dy, layout)
+    ds_mag = np.sum(np.abs(dy2 * (x2 - mean) * inv_std), axis=0)
+    db_mag = np.sum(np.abs(dy2), axis=0)
+    assert (ds_mag > 1e-30).all()
+    ds, db = cbp.channel_backprop_stats(x, dy, mean, inv_std, layout=layout)
+    _check_channels(ds, ds_ref, ds_mag, "dscale")
+    _check_channels(db, db_ref, db_mag, "dbias")
+    _, ds, db = cbp.batch_norm_backward(x, dy, mean, inv_std, np.ones(C), layout=layout)
+    _check_channels(ds, ds_ref, ds_mag, "backward dscale")
+    _check_channels(db, db_ref, db_mag, "backward dbias")
 
 
 @pytest.mark.parametrize("shape,layout", PATHS, ids=PATH_IDS)

@@ -122,7 +122,11 @@ def plan_info(shape, *, dtype="float32", layout="NCHW", op="batch_norm_backward"
       ``blocks``: how many parallel loops the reduction runs, one after another; ``isa``: the active instruction set;
       ``streaming_stores``: whether the sweep writes with non-temporal stores;
       ``widen``: rows fused per row-kernel row (channels-last and 2-D data);
-      ``image_groups``: NCHW reductions' groups of images per channel block.
+      ``image_groups``: NCHW reductions' groups of images (a unit is one
+      channel of an image group, or with ``plane_chunks`` > 1 one chunk of its
+      planes); ``row_groups``: the row reductions' groups of rows (a unit is 64
+      bytes of a group's columns); ``partial_bytes``: the reduction's per-unit
+      partial sums.
     - ``block``: the (N, C, S) block the kernels see.
     - ``caches``: the CPU's data caches and the sizes derived from the
       last-level one (as in :func:`show_config`; ``CBP_CACHE_SIZES`` overrides
@@ -153,7 +157,7 @@ def plan_info(shape, *, dtype="float32", layout="NCHW", op="batch_norm_backward"
         threads = 1 if cython_api.in_forked_child() else nt
         info = {"op": op, "threads": threads, "cache_block_bytes": _kernels.cache_block_bytes(),
                 "isa": cython_api.isa(), "reduction": None, "sweep": None, "kernel": "empty",
-                "blocks": 0, "units": 0, "unit_elements": [],
+                "blocks": 0, "units": 0, "unit_elements": [], "partial_bytes": 0,
                 "thread_elements": [0] * threads}
     else:
         info = cython_api.describe_plan(N, C, S, dt.itemsize, op, nt,

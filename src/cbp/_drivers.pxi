@@ -69,10 +69,10 @@ cdef bint nchw_settle(const floating* x, const floating* dy, Py_ssize_t N, Py_ss
         if not any_bad(s1 + c, s2 + c, 1, 1, tiny):
             continue
         if dy != NULL:
-            if not (isfinite(s1[c]) and s2[c] == 0 and planes_exact(x, dy, N, C, S, 0, N, c,
-                                                                    mh + c)):
+            if not (isfinite(s1[c]) and s2[c] == 0 and planes_exact(x, dy, N, C, S, 0, S, 0, N,
+                                                                    c, mh + c)):
                 alive += 1
-        elif planes_exact(x, dy, N, C, S, 0, N, c, x + c * S):
+        elif planes_exact(x, dy, N, C, S, 0, S, 0, N, c, x + c * S):
             s1[c] = <double>x[c * S]
             s2[c] = 0.0
         else:
@@ -195,9 +195,16 @@ cdef void tile_coef(const floating* coef, Py_ssize_t C, Py_ssize_t k,
                 coef_w[j * W + i * C + c] = coef[j * C + c]
 
 
-# The combines run over chunks of COMBINE_CHANNELS channels in parallel; each
-# channel's parts are added in part order, so the bits do not depend on it.
+# The combines run over chunks of COMBINE_CHANNELS channels in parallel where
+# they add at least COMBINE_PARALLEL partial sums (below that, waking the
+# team costs more than the adds); each channel's parts are added in part
+# order, so the bits do not depend on it.
 DEF COMBINE_CHANNELS = 256
+DEF COMBINE_PARALLEL = 65536
+
+
+cdef inline int combine_team(Py_ssize_t terms, int nthreads) noexcept nogil:
+    return nthreads if terms >= COMBINE_PARALLEL else 1
 
 
 cdef void sum_parts(const double* part, Py_ssize_t nparts, Py_ssize_t C, Py_ssize_t c0,
@@ -207,7 +214,7 @@ cdef void sum_parts(const double* part, Py_ssize_t nparts, Py_ssize_t C, Py_ssiz
     cdef Py_ssize_t g, c, i, ca, cz
     cdef const double* row
     for i in prange(ceil_div(c1 - c0, COMBINE_CHANNELS), schedule='static',
-                    num_threads=nthreads):
+                    num_threads=combine_team(nparts * (c1 - c0), nthreads)):
         ca = c0 + i * COMBINE_CHANNELS
         cz = min(c1, ca + COMBINE_CHANNELS)
         for c in range(ca, cz):
@@ -223,19 +230,20 @@ cdef void sum_parts(const double* part, Py_ssize_t nparts, Py_ssize_t C, Py_ssiz
 cdef void nchw_totals(const double* part, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                       PlanePlan p, Py_ssize_t c0, Py_ssize_t c1, double* mean,
                       double* m2, int nthreads) noexcept nogil:
-    # (mean, M2) of channels c0..c1 from the image groups' part [ng, C, 2], in group order
+    # (mean, M2) of channels c0..c1 from the units' part [ng * nsc, C, 2], in part order
     cdef Py_ssize_t c, g, i, ca, cz
     cdef double cnt, gcnt
     for i in prange(ceil_div(c1 - c0, COMBINE_CHANNELS), schedule='static',
-                    num_threads=nthreads):
+                    num_threads=combine_team(p.ng * p.nsc * (c1 - c0), nthreads)):
         ca = c0 + i * COMBINE_CHANNELS
         cz = min(c1, ca + COMBINE_CHANNELS)
         for c in range(ca, cz):
             mean[c] = 0.0
             m2[c] = 0.0
         cnt = 0.0
-        for g in range(p.ng):
-            gcnt = <double>(((g + 1) * N // p.ng - g * N // p.ng) * S)
+        for g in range(p.ng * p.nsc):
+            gcnt = <double>(((g // p.nsc + 1) * N // p.ng - (g // p.nsc) * N // p.ng)
+                            * (chunk_lo(S, p.nsc, g % p.nsc + 1) - chunk_lo(S, p.nsc, g % p.nsc)))
             merge_into(mean + ca, m2 + ca, 1, part + 2 * (g * C + ca),
                        part + 2 * (g * C + ca) + 1, 2, cz - ca, cnt, gcnt)
             cnt = cnt + gcnt
@@ -249,7 +257,8 @@ cdef void rows_backprop_totals(const double* part, Py_ssize_t R, Py_ssize_t C,
     cdef Py_ssize_t c, u, j, i, ca, cz
     cdef double fa, fb
     cdef const double* row
-    for i in prange(ceil_div(C, COMBINE_CHANNELS), schedule='static', num_threads=nthreads):
+    for i in prange(ceil_div(C, COMBINE_CHANNELS), schedule='static',
+                    num_threads=combine_team(nu * W, nthreads)):
         ca = i * COMBINE_CHANNELS
         cz = min(C, ca + COMBINE_CHANNELS)
         for c in range(ca, cz):
@@ -276,7 +285,8 @@ cdef int rows_totals(const double* part, Py_ssize_t R, Py_ssize_t C, double* mea
     cdef double cnt, gcnt, nb
     cdef double* g
     cdef int failed = 0
-    for i in prange(ceil_div(C, COMBINE_CHANNELS), schedule='static', num_threads=nthreads):
+    for i in prange(ceil_div(C, COMBINE_CHANNELS), schedule='static',
+                    num_threads=combine_team(nu * W, nthreads)):
         ca = i * COMBINE_CHANNELS
         cz = min(C, ca + COMBINE_CHANNELS)
         g = <double*>malloc(2 * (cz - ca) * sizeof(double))
@@ -372,7 +382,7 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
                          int nthreads) noexcept nogil:
     """Per-channel (dscale, dbias); with out != NULL also dx (fused)."""
     cdef PlanePlan p
-    cdef Py_ssize_t nparts, k = column_widen(C), c0, c1, c
+    cdef Py_ssize_t nparts, k = column_widen(C), c0, c1, c, b
     cdef bint settled
     cdef double* part
     cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
@@ -380,8 +390,8 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
     cdef WideCoef w
     cdef int rc = 0
     if S > 1:
-        p = backprop_plan(N, C, S, sizeof(floating), out != NULL, cache_bytes)
-        nparts = p.ng
+        p = backprop_plan(N, C, S, sizeof(floating), out != NULL, cache_bytes, nthreads)
+        nparts = p.ng * p.nsc
     else:
         nparts = column_units(N) * k
         coef_w = <floating*>malloc(4 * k * C * sizeof(floating))
@@ -398,14 +408,16 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
     if S > 1:
         # Cache blocking: reduce a block of channels, then sweep its dX while
         # its x and dy are still in L3.
+        b = 0
         c0 = 0
         while c0 < C:
-            c1 = min(C, c0 + p.L)
+            b = b + 1
+            c1 = cache_block_lo(C, p.L, b)
             rc = nchw_backprop_sums(x, dy, N, C, S, p, c0, c1, coef, False, part, nthreads)
             if rc != 0:
                 break
             # dbias holds the sums of dy, dscale those of dy * (x - mean_hi)
-            sum_parts(part, p.ng, C, c0, c1, dbias, dscale, nthreads)
+            sum_parts(part, p.ng * p.nsc, C, c0, c1, dbias, dscale, nthreads)
             if (floating is float and totals_bad(dbias, dscale, c0, c1, <double>(N * S))
                     and not nchw_settle(x, dy, N, C, S, c0, c1, coef, dbias, dscale,
                                         nthreads)):
@@ -413,7 +425,7 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
                                         nthreads)
                 if rc != 0:
                     break
-                sum_parts(part, p.ng, C, c0, c1, dbias, dscale, nthreads)
+                sum_parts(part, p.ng * p.nsc, C, c0, c1, dbias, dscale, nthreads)
             for c in range(c0, c1):
                 finish_backprop(c, dbias[c], dscale[c], mean, coef, inv_std, dscale, dbias)
             if out != NULL:
@@ -494,7 +506,7 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
                         int nthreads) noexcept nogil:
     """Per-channel (mean, M2); with out != NULL also inv_std and y (fused)."""
     cdef PlanePlan p
-    cdef Py_ssize_t nparts, k = column_widen(C), c0, c1, c
+    cdef Py_ssize_t nparts, k = column_widen(C), c0, c1, c, b
     cdef bint settled
     cdef double* part
     cdef floating* coef = NULL
@@ -505,8 +517,8 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
     w.flag = NULL
     w.coef_w = NULL
     if S > 1:
-        p = moments_plan(N, C, S, sizeof(floating), out != NULL, cache_bytes)
-        nparts = p.ng
+        p = moments_plan(N, C, S, sizeof(floating), out != NULL, cache_bytes, nthreads)
+        nparts = p.ng * p.nsc
     else:
         nparts = column_units(N) * k
     part = <double*>malloc(2 * nparts * C * sizeof(double))
@@ -522,9 +534,11 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
         wide_free(&w)
         return -1
     if S > 1:
+        b = 0
         c0 = 0
         while c0 < C:
-            c1 = min(C, c0 + p.L)
+            b = b + 1
+            c1 = cache_block_lo(C, p.L, b)
             rc = nchw_moments(x, N, C, S, p, c0, c1, False, part, nthreads)
             if rc != 0:
                 break

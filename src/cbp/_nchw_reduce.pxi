@@ -15,101 +15,142 @@
 # csrc/plane_reduce.h.
 
 
-# A unit is (image group g, channel c): units g * nc + (c - c0) of the
-# channels c0..c1 of a cache block. A piece is the units of one image group
-# and a run of channels ca..cz, summed image after image so that each image's
-# run of channels is read contiguously; the sums of a unit are the same in
-# any piece.
+# A unit is (image group g, channel c, chunk k of its planes): units
+# (g * nc + c - c0) * nsc + k of the channels c0..c1 of a cache block. A
+# piece is the units va..vz of one image group, summed image after image so
+# that each image's run of channels is read contiguously; the sums of a unit
+# are the same in any piece. part is [ng * nsc, C, 2], unit (g, c, k) at
+# part[g * nsc + k, c].
+
+cdef inline double* unit_out(double* part, Py_ssize_t C, PlanePlan p, Py_ssize_t g,
+                             Py_ssize_t c, Py_ssize_t k) noexcept nogil:
+    return part + 2 * ((g * p.nsc + k) * C + c)
+
 
 cdef int nchw_backprop_piece(const floating* x, const floating* dy, Py_ssize_t N,
                              Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t g,
-                             Py_ssize_t ca, Py_ssize_t cz, const floating* mh, bint checked,
-                             double* part) noexcept nogil:
-    # part is [ng, C, 2]: (sum dy, sum dy * (x - mean_hi)) of image group g.
+                             Py_ssize_t c0, Py_ssize_t va, Py_ssize_t vz, const floating* mh,
+                             bint checked, double* part) noexcept nogil:
+    # per unit (sum dy, sum dy * (x - mean_hi))
     cdef Py_ssize_t n0 = g * N // p.ng, n1 = (g + 1) * N // p.ng
-    cdef Py_ssize_t n, c, off
+    cdef Py_ssize_t n, c, k, v, off, s0, s1, ca, cz
     cdef double tiny, sdy, sdx, pa, pb
-    cdef double* out = part + 2 * (g * C + ca)
-    # plane by plane for every S > 1 (the plan never takes columns here)
-    for c in range(2 * (cz - ca)):
-        out[c] = 0.0
-    for n in range(n0, n1):
-        for c in range(ca, cz):
-            off = (n * C + c) * S
-            plane_backprop(x + off, dy + off, S, mh + c,
-                           out + 2 * (c - ca), out + 2 * (c - ca) + 1)
+    cdef double* o
+    if p.nsc == 1:
+        # whole planes: an image's channels ca..cz are one contiguous run
+        ca = c0 + va
+        cz = c0 + vz
+        o = unit_out(part, C, p, g, ca, 0)
+        for c in range(2 * (cz - ca)):
+            o[c] = 0.0
+        for n in range(n0, n1):
+            for c in range(ca, cz):
+                off = (n * C + c) * S
+                plane_backprop(x + off, dy + off, S, mh + c, o + 2 * (c - ca),
+                               o + 2 * (c - ca) + 1)
+    else:
+        for v in range(va, vz):
+            o = unit_out(part, C, p, g, c0 + v // p.nsc, v % p.nsc)
+            o[0] = 0.0
+            o[1] = 0.0
+        for n in range(n0, n1):
+            for v in range(va, vz):
+                c = c0 + v // p.nsc
+                k = v % p.nsc
+                s0 = chunk_lo(S, p.nsc, k)
+                s1 = chunk_lo(S, p.nsc, k + 1)
+                off = (n * C + c) * S + s0
+                o = unit_out(part, C, p, g, c, k)
+                plane_backprop(x + off, dy + off, s1 - s0, mh + c, o, o + 1)
     if floating is float and checked:
         # The float32 range check in a checked re-run (_drivers.pxi), per
         # unit: not finite, or a sum of products below n * TINY (where the
         # float32 products may have lost digits to underflow: each loses at
         # most 2^-150), and the unit is summed again in float64, unless every
         # product was exactly 0 (a dead channel: the sums are exact).
-        tiny = <double>((n1 - n0) * S) * F32_TINY
-        if not any_bad(out, out + 1, 2, cz - ca, tiny):
-            return 0
-        for c in range(ca, cz):
-            sdy = out[2 * (c - ca)]
-            sdx = out[2 * (c - ca) + 1]
+        for v in range(va, vz):
+            c = c0 + v // p.nsc
+            k = v % p.nsc
+            s0 = chunk_lo(S, p.nsc, k)
+            s1 = chunk_lo(S, p.nsc, k + 1)
+            o = unit_out(part, C, p, g, c, k)
+            tiny = <double>((n1 - n0) * (s1 - s0)) * F32_TINY
+            sdy = o[0]
+            sdx = o[1]
             if isfinite(sdy) and isfinite(sdx) and fabs(sdx) >= tiny:
                 continue
-            if isfinite(sdy) and sdx == 0 and planes_exact(x, dy, N, C, S, n0, n1, c, mh + c):
+            if isfinite(sdy) and sdx == 0 and planes_exact(x, dy, N, C, S, s0, s1, n0, n1, c,
+                                                           mh + c):
                 continue
             sdy = 0.0
             sdx = 0.0
             for n in range(n0, n1):
-                off = (n * C + c) * S
-                wide_sums(x + off, dy + off, S, 1, <double>mh[c], &pa, &pb)
+                off = (n * C + c) * S + s0
+                wide_sums(x + off, dy + off, s1 - s0, 1, <double>mh[c], &pa, &pb)
                 sdy = sdy + pa
                 sdx = sdx + pb
-            out[2 * (c - ca)] = sdy
-            out[2 * (c - ca) + 1] = sdx
+            o[0] = sdy
+            o[1] = sdx
     return 0
 
 
 cdef bint planes_exact(const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t C,
-                       Py_ssize_t S, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t c,
-                       const floating* m) noexcept nogil:
-    # whether every product dy * (x - m) of channel c in images n0..n1 is 0
-    # (dy NULL: every x == *m)
+                       Py_ssize_t S, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t n0,
+                       Py_ssize_t n1, Py_ssize_t c, const floating* m) noexcept nogil:
+    # whether every product dy * (x - m) of elements s0..s1 of channel c's
+    # planes in images n0..n1 is 0 (dy NULL: every x == *m)
     cdef Py_ssize_t n, off
     for n in range(n0, n1):
-        off = (n * C + c) * S
-        if not wide_exact(x + off, NULL if dy == NULL else dy + off, S, m):
+        off = (n * C + c) * S + s0
+        if not wide_exact(x + off, NULL if dy == NULL else dy + off, s1 - s0, m):
             return False
     return True
 
 
 cdef int nchw_moments_piece(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                            PlanePlan p, Py_ssize_t g, Py_ssize_t ca, Py_ssize_t cz,
-                            bint checked, double* part) noexcept nogil:
-    # part is [ng, C, 2]: (mean, M2) of image group g; its count is (n1 - n0) * S.
-    cdef Py_ssize_t W = (cz - ca) * S
+                            PlanePlan p, Py_ssize_t g, Py_ssize_t c0, Py_ssize_t va,
+                            Py_ssize_t vz, bint checked, double* part) noexcept nogil:
+    # per unit (mean, M2); its count is (n1 - n0) times its chunk's length
     cdef Py_ssize_t n0 = g * N // p.ng, n1 = (g + 1) * N // p.ng
-    cdef Py_ssize_t n, c, s
+    cdef Py_ssize_t n, c, k, v, s, s0, s1, b0, b1, W
     cdef double cnt
-    cdef double* out = part + 2 * (g * C + ca)
+    cdef double* o
     cdef double* cs
-    for c in range(2 * (cz - ca)):
-        out[c] = 0.0
+    for v in range(va, vz):
+        o = unit_out(part, C, p, g, c0 + v // p.nsc, v % p.nsc)
+        o[0] = 0.0
+        o[1] = 0.0
     if not p.cols:
         for n in range(n0, n1):
-            for c in range(ca, cz):
-                cnt = <double>((n - n0) * S)
-                plane_moments(x + (n * C + c) * S, S, &cnt,
-                              out + 2 * (c - ca), out + 2 * (c - ca) + 1)
+            for v in range(va, vz):
+                c = c0 + v // p.nsc
+                k = v % p.nsc
+                s0 = chunk_lo(S, p.nsc, k)
+                s1 = chunk_lo(S, p.nsc, k + 1)
+                o = unit_out(part, C, p, g, c, k)
+                cnt = <double>((n - n0) * (s1 - s0))
+                plane_moments(x + (n * C + c) * S + s0, s1 - s0, &cnt, o, o + 1)
         return 0
-    # short planes: the columns of the images' runs, merged over s per channel
-    cs = <double*>malloc(2 * W * sizeof(double))
-    if cs == NULL:
-        return -1
-    if column_moments(x + (n0 * C + ca) * S, n1 - n0, C * S, W, W, n1 - n0, False, p.four,
-                      checked, cs) != 0:
+    # Short planes (nsc == 1): the columns of the images' runs, merged over s
+    # per channel, cb channels at a time (each row a run of about RUN_ELEMS,
+    # so the accumulators stay in L1)
+    b0 = c0 + va
+    while b0 < c0 + vz:
+        b1 = min(c0 + vz, b0 + p.cb)
+        W = (b1 - b0) * S
+        cs = <double*>malloc(2 * W * sizeof(double))
+        if cs == NULL:
+            return -1
+        if column_moments(x + (n0 * C + b0) * S, n1 - n0, C * S, W, W, n1 - n0, False,
+                          p.four, checked, cs) != 0:
+            free(cs)
+            return -1
+        o = unit_out(part, C, p, g, b0, 0)
+        for s in range(S):
+            merge_into(o, o + 1, 2, cs + s, cs + W + s, S, b1 - b0, <double>(s * (n1 - n0)),
+                       <double>(n1 - n0))
         free(cs)
-        return -1
-    for s in range(S):
-        merge_into(out, out + 1, 2, cs + s, cs + W + s, S, cz - ca, <double>(s * (n1 - n0)),
-                   <double>(n1 - n0))
-    free(cs)
+        b0 = b1
     return 0
 
 
@@ -118,33 +159,32 @@ cdef int nchw_backprop_sums(const floating* x, const floating* dy, Py_ssize_t N,
                             Py_ssize_t c1, const floating* mh, bint checked, double* part,
                             int nthreads) noexcept nogil:
     # the units of channels c0..c1, one share per thread
-    cdef Py_ssize_t nc = c1 - c0, nu = p.ng * (c1 - c0), t, lo, hi, g
+    cdef Py_ssize_t nv = (c1 - c0) * p.nsc, nu = p.ng * (c1 - c0) * p.nsc, t, lo, hi, g
     cdef int failed = 0
     for t in prange(nthreads, schedule='static', num_threads=nthreads):
         lo = share_lo(nu, nthreads, t)
         hi = share_lo(nu, nthreads, t + 1)
         while lo < hi:
-            g = lo // nc
-            if nchw_backprop_piece(x, dy, N, C, S, p, g, c0 + lo - g * nc,
-                                   c0 + min(hi, (g + 1) * nc) - g * nc, mh, checked,
-                                   part) != 0:
+            g = lo // nv
+            if nchw_backprop_piece(x, dy, N, C, S, p, g, c0, lo - g * nv,
+                                   min(hi, (g + 1) * nv) - g * nv, mh, checked, part) != 0:
                 failed += 1
-            lo = min(hi, (g + 1) * nc)
+            lo = min(hi, (g + 1) * nv)
     return -1 if failed else 0
 
 
 cdef int nchw_moments(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                       PlanePlan p, Py_ssize_t c0, Py_ssize_t c1, bint checked,
                       double* part, int nthreads) noexcept nogil:
-    cdef Py_ssize_t nc = c1 - c0, nu = p.ng * (c1 - c0), t, lo, hi, g
+    cdef Py_ssize_t nv = (c1 - c0) * p.nsc, nu = p.ng * (c1 - c0) * p.nsc, t, lo, hi, g
     cdef int failed = 0
     for t in prange(nthreads, schedule='static', num_threads=nthreads):
         lo = share_lo(nu, nthreads, t)
         hi = share_lo(nu, nthreads, t + 1)
         while lo < hi:
-            g = lo // nc
-            if nchw_moments_piece(x, N, C, S, p, g, c0 + lo - g * nc,
-                                  c0 + min(hi, (g + 1) * nc) - g * nc, checked, part) != 0:
+            g = lo // nv
+            if nchw_moments_piece(x, N, C, S, p, g, c0, lo - g * nv,
+                                  min(hi, (g + 1) * nv) - g * nv, checked, part) != 0:
                 failed += 1
-            lo = min(hi, (g + 1) * nc)
+            lo = min(hi, (g + 1) * nv)
     return -1 if failed else 0

@@ -14,7 +14,8 @@
 
 
 cdef struct PlanePlan:
-    Py_ssize_t ng     # image groups; a unit is (image group, channel)
+    Py_ssize_t ng     # image groups; a unit is (image group, channel, chunk)
+    Py_ssize_t nsc    # plane plans: chunks per plane (1: whole planes)
     Py_ssize_t L      # channels per cache block (the fused passes' block)
     Py_ssize_t cb     # column plans: channels per run block (sets ng and `four`)
     bint cols         # short planes summed by the column kernels
@@ -69,19 +70,38 @@ cdef inline PlanePlan plane_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
         # how the first pass reads rows (both decide the bits).
         p.cb = min(C, ceil_div(RUN_ELEMS, S))
         ncb = ceil_div(C, p.cb)
-        p.ng = max(ceil_div(N * p.cb * S, UNIT_ELEMS), ceil_div(MIN_UNITS, ncb))
+        p.ng = max(ceil_div(N * p.cb * S, UNIT_ELEMS), ceil_div(MIN_UNITS, ncb),
+                   ceil_div(COLUMN_PLAN_UNITS, C))
         p.ng = max(1, min(p.ng, N))
         p.L = C
+        p.nsc = 1
         p.four = p.cb < C or C * S < 128
     else:
-        # Plane kernels: a unit is one channel's planes in one image group;
-        # units run image group by image group, so a share reads each image's
-        # run of channels contiguously.
+        # Plane kernels: a unit is one chunk of one channel's planes in one
+        # image group; units run image group by image group, so a share
+        # reads each image's run of channels contiguously.
         p.ng = max(1, min(N, MIN_UNITS))
+        p.nsc = ceil_div(S, PLANE_CHUNK)
         p.L = max(1, min(L, C))
         p.cb = 1
         p.four = False
     return p
+
+
+cdef inline Py_ssize_t chunk_lo(Py_ssize_t S, Py_ssize_t nsc, Py_ssize_t k) noexcept nogil:
+    # first element of chunk k of a plane (S for k == nsc): near-equal chunks
+    # that start on multiples of 16 elements
+    if k >= nsc:
+        return S
+    return (k * S // nsc) // 16 * 16
+
+
+cdef inline Py_ssize_t cache_block_lo(Py_ssize_t C, Py_ssize_t L, Py_ssize_t b) noexcept nogil:
+    # first channel of cache block b: ceil(C / L) blocks of near-equal size
+    cdef Py_ssize_t nb = ceil_div(C, L)
+    if b >= nb:
+        return C
+    return b * C // nb
 
 
 cdef inline Py_ssize_t column_units(Py_ssize_t R) noexcept nogil:
@@ -119,19 +139,31 @@ cdef inline Py_ssize_t fused_block_channels(Py_ssize_t N, Py_ssize_t C, Py_ssize
     return max(1, cache_bytes // (N * S * bytes_per_elem))
 
 
+cdef inline PlanePlan team_blocks(PlanePlan p, Py_ssize_t C, int team) noexcept nogil:
+    # A cache block runs as one parallel loop: with fewer than BLOCK_UNITS
+    # units per thread, threads would idle at the end of every block. Larger
+    # teams span more caches (one LLC per socket or core complex), so the
+    # block grows with the team instead. Schedule only: blocks never change
+    # a sum.
+    p.L = min(C, max(p.L, ceil_div(<Py_ssize_t>BLOCK_UNITS * team, p.ng * p.nsc)))
+    return p
+
+
 cdef inline PlanePlan backprop_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                                     Py_ssize_t itemsize, bint fused,
-                                    Py_ssize_t cache_bytes) noexcept nogil:
+                                    Py_ssize_t cache_bytes, int team) noexcept nogil:
     # a cache block holds x and dy
-    return plane_plan(N, C, S, fused_block_channels(N, C, S, 2 * itemsize, fused, cache_bytes),
-                      SHORT_PLANE_BACKPROP)
+    return team_blocks(plane_plan(N, C, S, fused_block_channels(N, C, S, 2 * itemsize, fused,
+                                                                cache_bytes),
+                                  SHORT_PLANE_BACKPROP), C, team)
 
 
 cdef inline PlanePlan moments_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                                    Py_ssize_t itemsize, bint fused,
-                                   Py_ssize_t cache_bytes) noexcept nogil:
-    return plane_plan(N, C, S, fused_block_channels(N, C, S, itemsize, fused, cache_bytes),
-                      SHORT_PLANE)
+                                   Py_ssize_t cache_bytes, int team) noexcept nogil:
+    return team_blocks(plane_plan(N, C, S, fused_block_channels(N, C, S, itemsize, fused,
+                                                                cache_bytes),
+                                  SHORT_PLANE), C, team)
 
 
 cdef inline PlanePlan sweep_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S) noexcept nogil:

@@ -29,11 +29,13 @@ def _static_split(list counts, Py_ssize_t lo, Py_ssize_t hi, list sizes):
 
 def _plane_units(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, PlanePlan p, Py_ssize_t c0,
                  Py_ssize_t c1):
-    # units (image group, channel) of channels c0..c1, image group by image group
-    cdef Py_ssize_t g
+    # units (image group, channel, chunk) of channels c0..c1, image group by image group
+    cdef Py_ssize_t g, k
     out = []
     for g in range(p.ng):
-        out.extend([((g + 1) * N // p.ng - g * N // p.ng) * S] * (c1 - c0))
+        out.extend([((g + 1) * N // p.ng - g * N // p.ng)
+                     * (chunk_lo(S, p.nsc, k + 1) - chunk_lo(S, p.nsc, k))
+                     for k in range(p.nsc)] * (c1 - c0))
     return out
 
 
@@ -63,35 +65,37 @@ def describe_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize,
                   int nthreads, Py_ssize_t cache_bytes):
     """The plan of `op` on an (N, C, S) block (see cbp.plan_info)."""
     cdef PlanePlan p
-    cdef Py_ssize_t c0, nblocks = 0, k
+    cdef Py_ssize_t c0, c1, nblocks = 0, k
     reduction, fused, sweep = _OPS[op]
     threads = _team(nthreads, N * C * S)
     counts = [0] * threads
     units = []
     info = {"op": op, "threads": threads, "cache_block_bytes": cache_bytes,
-            "isa": cbp_isa_active().decode(), "reduction": None, "sweep": None}
+            "isa": cbp_isa_active().decode(), "reduction": None, "sweep": None,
+            "partial_bytes": 0}
     if reduction is not None:
         if S > 1:
-            blocked = fused_block_channels(N, C, S, (2 if reduction == "backprop" else 1)
-                                           * itemsize, fused, cache_bytes) < C
             if reduction == "backprop":
-                p = backprop_plan(N, C, S, itemsize, fused, cache_bytes)
+                p = backprop_plan(N, C, S, itemsize, fused, cache_bytes, threads)
                 name = "nchw_plane"
             else:
-                p = moments_plan(N, C, S, itemsize, fused, cache_bytes)
+                p = moments_plan(N, C, S, itemsize, fused, cache_bytes, threads)
                 name = "nchw_short_plane_columns" if p.cols else "nchw_plane"
-            # the drivers reduce (and, fused, sweep) p.L channels at a time
+            # the drivers reduce (and, fused, sweep) a cache block of channels at a time
             c0 = 0
             while c0 < C:
-                block = _plane_units(N, C, S, p, c0, min(C, c0 + p.L))
+                c1 = cache_block_lo(C, p.L, nblocks + 1)
+                block = _plane_units(N, C, S, p, c0, c1)
                 _static_split(counts, 0, len(block), block)
                 units.extend(block)
                 nblocks += 1
-                c0 += p.L
-            if blocked:
+                c0 = c1
+            if p.L < C:
                 name += "_cache_blocked"
             info["blocks"] = nblocks
             info["image_groups"] = p.ng
+            info["plane_chunks"] = p.nsc
+            info["partial_bytes"] = 16 * p.ng * p.nsc * C
         else:
             k = column_widen(C)
             quartered = reduction == "moments" or column_quarters(N, C, itemsize)
@@ -101,12 +105,14 @@ def describe_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize,
             info["widen"] = k
             info["blocks"] = 1
             info["row_groups"] = column_units(N)
+            info["partial_bytes"] = 16 * column_units(N) * k * C
         info["reduction"] = name
     if sweep is not None:
         if S > 1:
-            p = backprop_plan(N, C, S, itemsize, True, cache_bytes) if (
+            p = backprop_plan(N, C, S, itemsize, True, cache_bytes, threads) if (
                 fused and reduction == "backprop") else (
-                moments_plan(N, C, S, itemsize, True, cache_bytes) if fused else sweep_plan(N, C, S))
+                moments_plan(N, C, S, itemsize, True, cache_bytes, threads) if fused
+                else sweep_plan(N, C, S))
             # fused plane plans sweep the reduction's units; the rest in memory order
             sname = "nchw_plane_units" if fused and not p.cols else "nchw_planes"
             streams = nchw_streams(N, C, S, itemsize)

@@ -148,7 +148,7 @@ cdef int nchw_sweep(const floating* x, const floating* dy, floating* out, Py_ssi
     own caches; sweeping a neighbour's share measured 1.2x slower). Else the
     whole block (c0 = 0, c1 = C) in memory order, shares of SWEEP_UNIT_ELEMS
     runs. wflag (or NULL): the channels swept from the float64 wcoef instead."""
-    cdef Py_ssize_t nc = c1 - c0, nu, t, lo, hi, g, ca, cz, n, off, total
+    cdef Py_ssize_t nc = c1 - c0, nu, nv, t, lo, hi, g, va, vz, v, c, s0, n, off, total
     cdef bint nt = nchw_streams(N, C, S, sizeof(floating))
     if not units:
         total = N * C * S
@@ -160,19 +160,29 @@ cdef int nchw_sweep(const floating* x, const floating* dy, floating* out, Py_ssi
             if nt:
                 store_fence()
         return 0
-    nu = p.ng * nc
+    nv = nc * p.nsc
+    nu = p.ng * nv
     for t in prange(nthreads, schedule='static', num_threads=nthreads):
         lo = share_lo(nu, nthreads, t)
         hi = share_lo(nu, nthreads, t + 1)
         while lo < hi:
-            g = lo // nc
-            ca = c0 + lo - g * nc
-            cz = c0 + min(hi, (g + 1) * nc) - g * nc
+            g = lo // nv
+            va = lo - g * nv
+            vz = min(hi, (g + 1) * nv) - g * nv
             for n in range(g * N // p.ng, (g + 1) * N // p.ng):
-                off = (n * C + ca) * S
-                sweep_planes(x + off, NULL if dy == NULL else dy + off, out + off, cz - ca, S,
-                             coef, C, ca, nt, wcoef, wflag)
-            lo = min(hi, (g + 1) * nc)
+                if p.nsc == 1:
+                    off = (n * C + c0 + va) * S
+                    sweep_planes(x + off, NULL if dy == NULL else dy + off, out + off, vz - va,
+                                 S, coef, C, c0 + va, nt, wcoef, wflag)
+                    continue
+                for v in range(va, vz):
+                    c = c0 + v // p.nsc
+                    s0 = chunk_lo(S, p.nsc, v % p.nsc)
+                    off = (n * C + c) * S + s0
+                    sweep_planes(x + off, NULL if dy == NULL else dy + off, out + off, 1,
+                                 chunk_lo(S, p.nsc, v % p.nsc + 1) - s0, coef, C, c, nt,
+                                 wcoef, wflag)
+            lo = min(hi, (g + 1) * nv)
         if nt:
             store_fence()
     return 0

@@ -50,11 +50,25 @@
    on large batches). Chosen by: the initial design. */
 #define CBP_UNIT_ELEMS 65536
 
-/* Units per reduction, at least (NCHW image groups x channel blocks) and at
-   most (column units): enough to keep this many threads busy, few enough
-   that the per-unit partial sums stay small (units x C x 16 bytes). Chosen
-   with at most 2 threads; balance on many cores is the performance issue's. */
+/* Groups of the batch whose sums are kept apart: NCHW image groups (at most
+   this many, and column plans at least this many channel blocks x groups)
+   and row groups of the row kernels (at most this many): each group has its
+   own [C, 2] float64 partial sums. Threads are balanced by the finer units
+   inside the groups (_plan.pxi), so this only trades the partial sums'
+   size (groups x C x 16 bytes) against shorter float64 running sums.
+   Chosen with at most 2 threads (the initial design). */
 #define CBP_MIN_UNITS 64
+
+/* NCHW planes longer than PLANE_CHUNK elements are summed in ceil(S / CHUNK)
+   near-equal chunks, each a unit of its own with its own float64 partial
+   sums: a cache block of the fused passes holds few channels (3 planes of
+   x and dy at 112x112, batch 32, in 12 MiB), too few units for 64 threads.
+   NCHW short-plane column plans take at least COLUMN_PLAN_UNITS units
+   (image group, channel) where the batch allows, for 128 threads. Chosen
+   by: the balance target of the performance issue (plan_info, >= 0.9 at
+   16 to 128 threads). */
+#define CBP_PLANE_CHUNK 2048
+#define CBP_COLUMN_PLAN_UNITS 1024
 
 /* Column units have at least this many rows: a unit's fixed cost (zeroing,
    flushing and combining [C, 2] partial sums) is that of a few rows; 24-row
@@ -125,6 +139,13 @@
    Chosen by: the balance target of the performance issue. */
 #define CBP_SWEEP_UNIT_ELEMS 1024
 #define CBP_COLUMN_UNIT_BYTES 64
+
+/* A cache block of the fused NCHW passes holds at least BLOCK_UNITS units
+   per thread of the team (10 keeps every thread within 10% of the busiest),
+   more than the LLC-derived size where a large team needs it: a team that
+   large spans several LLCs. Chosen by: the balance target of the
+   performance issue. */
+#define CBP_BLOCK_UNITS 10
 
 /* NHWC sweeps over arrays larger than the LLC take long rows from four
    quarters of a unit (0.88x the time on 256x2048x7x7, 1.13x on 32x2048x7x7,
