@@ -174,6 +174,20 @@ def test_mixed_scales(shape, layout):
 
 
 @pytest.mark.parametrize("shape,layout", PATHS, ids=PATH_IDS)
+def test_float64_huge_means(shape, layout):
+    # float64 data with |mean| = 1e160 and std 1e150: mean and variance are
+    # representable, yet the square of a partial mean overflows. A merge into
+    # an empty accumulator must not form delta * delta * 0 (NaN).
+    z, dy = _data(shape, layout, [1.0] * shape[1], [0.0] * shape[1], seed=2)
+    x = 1e160 + 1e150 * z.astype(np.float64)
+    _check_all(x, dy.astype(np.float64), layout)
+    merged = cbp.ChannelStats.merge(*[cbp.channel_stats(x, layout=layout)] * 2)
+    _, mean, var, _ = ref.channel_stats(x, layout)
+    _check_channels(merged.mean, mean, np.abs(mean), "merged mean")
+    _check_channels(merged.var, var, var, "merged var")
+
+
+@pytest.mark.parametrize("shape,layout", PATHS, ids=PATH_IDS)
 def test_underflowing_products(shape, layout):
     # dy and x - mean both about 1e-25: their float32 products (about 1e-50)
     # underflow to 0, yet dscale (about 1e-25 per element) is representable;

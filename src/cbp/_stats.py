@@ -124,8 +124,13 @@ class ChannelStats:
                 continue
             total = count + p.count
             delta = p.mean - mean
-            mean = mean + delta * (p.count / total)
-            m2 = m2 + p.m2 + delta * delta * (count * (p.count / total))
+            if count == 0:
+                # delta * delta * 0 would be NaN where delta * delta overflows
+                mean = mean + delta
+                m2 = m2 + p.m2
+            else:
+                mean = mean + delta * (p.count / total)
+                m2 = m2 + p.m2 + delta * delta * (count * (p.count / total))
             count = total
         return cls(count, mean, m2)
 

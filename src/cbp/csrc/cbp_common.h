@@ -157,6 +157,15 @@ static inline void cbp_merge_into(double *mean, double *m2, ptrdiff_t sd, const 
     double w, v;
     if (n_b == 0)
         return;
+    if (n_a == 0) {
+        /* the same sums as below with w = 1, v = 0, without delta * delta * 0,
+           which is NaN once delta * delta overflows (|mean| > ~1e154) */
+        CBP_SIMD for (j = 0; j < m; j++) {
+            mean[j * sd] = mean[j * sd] + (bmean[j * ss] - mean[j * sd]);
+            m2[j * sd] = m2[j * sd] + bm2[j * ss];
+        }
+        return;
+    }
     w = n_b / (n_a + n_b);
     v = n_a * w;
     CBP_SIMD for (j = 0; j < m; j++) {

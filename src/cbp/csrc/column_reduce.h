@@ -88,6 +88,18 @@ static CBP_TARGET void merge_block(const T *a, const T *b, const T *shift, doubl
     w = nb / (n_a + nb);
     v = n_a * w;
     rn = 1.0 / nb;
+    if (n_a == 0) {
+        /* w = 1, v = 0: without delta * delta * 0, NaN once delta * delta
+           overflows (float64 data with |mean| > ~1e154) */
+        CBP_SIMD for (j = 0; j < m; j++) {
+            double s1 = (double)a[j], q = s1 * rn;
+            double bm2 = (double)b[j] - s1 * q;
+            double delta = ((double)shift[j] + q) - mean[j];
+            mean[j] += delta;
+            m2[j] += (bm2 > 0.0 ? bm2 : 0.0);
+        }
+        return;
+    }
     CBP_SIMD for (j = 0; j < m; j++) {
         double s1 = (double)a[j], q = s1 * rn;
         double bm2 = (double)b[j] - s1 * q;
