@@ -195,125 +195,177 @@ cdef void tile_coef(const floating* coef, Py_ssize_t C, Py_ssize_t k,
                 coef_w[j * W + i * C + c] = coef[j * C + c]
 
 
-# The combines run over chunks of COMBINE_CHANNELS channels in parallel where
+# The combines run over chunks of COMBINE_CHANNELS channels, in parallel where
 # they add at least COMBINE_PARALLEL partial sums (below that, waking the
-# team costs more than the adds); each channel's parts are added in part
-# order, so the bits do not depend on it.
+# team costs more than the adds; one thread runs them without a parallel
+# region). Each channel's parts are added in part order, so the bits do not
+# depend on the chunks.
 DEF COMBINE_CHANNELS = 256
 DEF COMBINE_PARALLEL = 65536
 
+# which combine: (kind, part layout)
+cdef enum:
+    SUM_PLANES = 0     # backprop sums, part [nparts, C, 2]
+    MERGE_PLANES = 1   # moments, part [ng * nsc, C, 2]
+    SUM_ROWS = 2       # backprop sums, part [nu, 2, k * C]
+    MERGE_ROWS = 3     # moments, part [nu, 2, k * C]
 
-cdef inline int combine_team(Py_ssize_t terms, int nthreads) noexcept nogil:
-    return nthreads if terms >= COMBINE_PARALLEL else 1
+
+cdef struct Combine:
+    int kind
+    const double* part
+    Py_ssize_t nparts, N, C, S, R
+    PlanePlan p
+    double* s1        # sums of dy, or means
+    double* s2        # sums of dy * (x - mean_hi), or M2
 
 
-cdef void sum_parts(const double* part, Py_ssize_t nparts, Py_ssize_t C, Py_ssize_t c0,
-                    Py_ssize_t c1, double* sdy, double* sdx, int nthreads) noexcept nogil:
-    # sdy[c], sdx[c] := sums over g = 0, 1, ... of part[g, c, 0], part[g, c, 1]
-    # (part is [nparts, C, 2]); parts outer so memory is read in order.
-    cdef Py_ssize_t g, c, i, ca, cz
+cdef int combine_chunk(const Combine* q, Py_ssize_t ca, Py_ssize_t cz) noexcept nogil:
+    cdef Py_ssize_t g, c, u, j, r0, nrows, last_w
+    cdef Py_ssize_t k = column_widen(q.C), W = column_widen(q.C) * q.C
+    cdef double cnt = 0.0, gcnt, nb, fa, fb
     cdef const double* row
-    for i in prange(ceil_div(c1 - c0, COMBINE_CHANNELS), schedule='static',
-                    num_threads=combine_team(nparts * (c1 - c0), nthreads)):
-        ca = c0 + i * COMBINE_CHANNELS
-        cz = min(c1, ca + COMBINE_CHANNELS)
-        for c in range(ca, cz):
-            sdy[c] = 0.0
-            sdx[c] = 0.0
-        for g in range(nparts):
-            row = part + 2 * g * C
+    cdef double* grp
+    for c in range(ca, cz):
+        q.s1[c] = 0.0
+        q.s2[c] = 0.0
+    if q.kind == SUM_PLANES:
+        # parts outer, so memory is read in order
+        for g in range(q.nparts):
+            row = q.part + 2 * g * q.C
             for c in range(ca, cz):
-                sdy[c] = sdy[c] + row[2 * c]
-                sdx[c] = sdx[c] + row[2 * c + 1]
-
-
-cdef void nchw_totals(const double* part, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                      PlanePlan p, Py_ssize_t c0, Py_ssize_t c1, double* mean,
-                      double* m2, int nthreads) noexcept nogil:
-    # (mean, M2) of channels c0..c1 from the units' part [ng * nsc, C, 2], in part order
-    cdef Py_ssize_t c, g, i, ca, cz
-    cdef double cnt, gcnt
-    for i in prange(ceil_div(c1 - c0, COMBINE_CHANNELS), schedule='static',
-                    num_threads=combine_team(p.ng * p.nsc * (c1 - c0), nthreads)):
-        ca = c0 + i * COMBINE_CHANNELS
-        cz = min(c1, ca + COMBINE_CHANNELS)
-        for c in range(ca, cz):
-            mean[c] = 0.0
-            m2[c] = 0.0
-        cnt = 0.0
-        for g in range(p.ng * p.nsc):
-            gcnt = <double>(((g // p.nsc + 1) * N // p.ng - (g // p.nsc) * N // p.ng)
-                            * (chunk_lo(S, p.nsc, g % p.nsc + 1) - chunk_lo(S, p.nsc, g % p.nsc)))
-            merge_into(mean + ca, m2 + ca, 1, part + 2 * (g * C + ca),
-                       part + 2 * (g * C + ca) + 1, 2, cz - ca, cnt, gcnt)
+                q.s1[c] = q.s1[c] + row[2 * c]
+                q.s2[c] = q.s2[c] + row[2 * c + 1]
+    elif q.kind == MERGE_PLANES:
+        for g in range(q.p.ng * q.p.nsc):
+            gcnt = <double>(((g // q.p.nsc + 1) * q.N // q.p.ng - (g // q.p.nsc) * q.N // q.p.ng)
+                            * (chunk_lo(q.S, q.p.nsc, g % q.p.nsc + 1)
+                               - chunk_lo(q.S, q.p.nsc, g % q.p.nsc)))
+            merge_into(q.s1 + ca, q.s2 + ca, 1, q.part + 2 * (g * q.C + ca),
+                       q.part + 2 * (g * q.C + ca) + 1, 2, cz - ca, cnt, gcnt)
             cnt = cnt + gcnt
-
-
-cdef void rows_backprop_totals(const double* part, Py_ssize_t R, Py_ssize_t C,
-                               double* sdy, double* sdx, int nthreads) noexcept nogil:
-    # sdy, sdx per channel from the row groups' part [nu, 2, k * C]: each
-    # group's k columns of a channel added first, then the groups in order
-    cdef Py_ssize_t k = column_widen(C), W = column_widen(C) * C, nu = column_units(R)
-    cdef Py_ssize_t c, u, j, i, ca, cz
-    cdef double fa, fb
-    cdef const double* row
-    for i in prange(ceil_div(C, COMBINE_CHANNELS), schedule='static',
-                    num_threads=combine_team(nu * W, nthreads)):
-        ca = i * COMBINE_CHANNELS
-        cz = min(C, ca + COMBINE_CHANNELS)
-        for c in range(ca, cz):
-            sdy[c] = 0.0
-            sdx[c] = 0.0
-        for u in range(nu):
-            row = part + 2 * u * W
+    elif q.kind == SUM_ROWS:
+        # each row group's k columns of a channel added first, then the groups
+        for u in range(q.nparts):
+            row = q.part + 2 * u * W
+            if k == 1:
+                # the fold of one column is the column itself (0.0 + v adds
+                # nothing but the sign of a zero, which the sum drops too)
+                for c in range(ca, cz):
+                    q.s1[c] = q.s1[c] + row[c]
+                    q.s2[c] = q.s2[c] + row[W + c]
+                continue
             for c in range(ca, cz):
                 fa = 0.0
                 fb = 0.0
                 for j in range(k):
-                    fa = fa + row[j * C + c]
-                    fb = fb + row[W + j * C + c]
-                sdy[c] = sdy[c] + fa
-                sdx[c] = sdx[c] + fb
+                    fa = fa + row[j * q.C + c]
+                    fb = fb + row[W + j * q.C + c]
+                q.s1[c] = q.s1[c] + fa
+                q.s2[c] = q.s2[c] + fb
+    else:
+        # each row group's k columns of a channel merged first, then the groups
+        grp = <double*>malloc(2 * (cz - ca) * sizeof(double))
+        if grp == NULL:
+            return -1
+        for u in range(q.nparts):
+            row_group(q.R, q.C, k, q.nparts, u, &r0, &nrows, &last_w)
+            row = q.part + 2 * u * W
+            if k == 1:
+                # one column per channel: its merge into an empty group is
+                # the column itself
+                gcnt = <double>nrows
+                merge_into(q.s1 + ca, q.s2 + ca, 1, row + ca, row + W + ca, 1, cz - ca, cnt,
+                           gcnt)
+                cnt = cnt + gcnt
+                continue
+            for c in range(2 * (cz - ca)):
+                grp[c] = 0.0
+            gcnt = 0.0
+            for j in range(k):
+                # columns at or past last_w (a multiple of C) have one row fewer
+                nb = <double>(nrows - (1 if j * q.C >= last_w else 0))
+                merge_into(grp, grp + (cz - ca), 1, row + j * q.C + ca, row + W + j * q.C + ca,
+                           1, cz - ca, gcnt, nb)
+                gcnt = gcnt + nb
+            merge_into(q.s1 + ca, q.s2 + ca, 1, grp, grp + (cz - ca), 1, cz - ca, cnt, gcnt)
+            cnt = cnt + gcnt
+        free(grp)
+    return 0
+
+
+cdef int run_combine(const Combine* q, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t terms,
+                     int nthreads) noexcept nogil:
+    cdef Py_ssize_t i, n = ceil_div(c1 - c0, COMBINE_CHANNELS)
+    cdef int failed = 0
+    if nthreads == 1 or terms < COMBINE_PARALLEL:
+        for i in range(n):
+            if combine_chunk(q, c0 + i * COMBINE_CHANNELS,
+                             min(c1, c0 + (i + 1) * COMBINE_CHANNELS)) != 0:
+                return -1
+        return 0
+    for i in prange(n, schedule='static', num_threads=nthreads):
+        if combine_chunk(q, c0 + i * COMBINE_CHANNELS,
+                         min(c1, c0 + (i + 1) * COMBINE_CHANNELS)) != 0:
+            failed += 1
+    return -1 if failed else 0
+
+
+cdef int sum_parts(const double* part, Py_ssize_t nparts, Py_ssize_t C, Py_ssize_t c0,
+                   Py_ssize_t c1, double* sdy, double* sdx, int nthreads) noexcept nogil:
+    # sdy[c], sdx[c] := sums over g = 0, 1, ... of part[g, c, 0], part[g, c, 1]
+    cdef Combine q
+    q.kind = SUM_PLANES
+    q.part = part
+    q.nparts = nparts
+    q.C = C
+    q.s1 = sdy
+    q.s2 = sdx
+    return run_combine(&q, c0, c1, nparts * (c1 - c0), nthreads)
+
+
+cdef int nchw_totals(const double* part, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                     PlanePlan p, Py_ssize_t c0, Py_ssize_t c1, double* mean,
+                     double* m2, int nthreads) noexcept nogil:
+    # (mean, M2) of channels c0..c1 from the units' part [ng * nsc, C, 2], in part order
+    cdef Combine q
+    q.kind = MERGE_PLANES
+    q.part = part
+    q.N = N
+    q.C = C
+    q.S = S
+    q.p = p
+    q.s1 = mean
+    q.s2 = m2
+    return run_combine(&q, c0, c1, p.ng * p.nsc * (c1 - c0), nthreads)
+
+
+cdef int rows_backprop_totals(const double* part, Py_ssize_t R, Py_ssize_t C,
+                              double* sdy, double* sdx, int nthreads) noexcept nogil:
+    # sdy, sdx per channel from the row groups' part [nu, 2, k * C]
+    cdef Combine q
+    q.kind = SUM_ROWS
+    q.part = part
+    q.nparts = column_units(R)
+    q.R = R
+    q.C = C
+    q.s1 = sdy
+    q.s2 = sdx
+    return run_combine(&q, 0, C, q.nparts * column_widen(C) * C, nthreads)
 
 
 cdef int rows_totals(const double* part, Py_ssize_t R, Py_ssize_t C, double* mean,
                      double* m2, int nthreads) noexcept nogil:
-    # (mean, M2) per channel from the row groups' part [nu, 2, k * C]: each
-    # group's k columns of a channel merged first, then the groups in order
-    cdef Py_ssize_t k = column_widen(C), W = column_widen(C) * C, nu = column_units(R)
-    cdef Py_ssize_t c, u, j, i, ca, cz, r0, nrows, last_w
-    cdef double cnt, gcnt, nb
-    cdef double* g
-    cdef int failed = 0
-    for i in prange(ceil_div(C, COMBINE_CHANNELS), schedule='static',
-                    num_threads=combine_team(nu * W, nthreads)):
-        ca = i * COMBINE_CHANNELS
-        cz = min(C, ca + COMBINE_CHANNELS)
-        g = <double*>malloc(2 * (cz - ca) * sizeof(double))
-        if g == NULL:
-            failed += 1
-            continue
-        for c in range(ca, cz):
-            mean[c] = 0.0
-            m2[c] = 0.0
-        cnt = 0.0
-        for u in range(nu):
-            # (assigned here too, so that prange makes them private)
-            r0 = nrows = last_w = 0
-            row_group(R, C, k, nu, u, &r0, &nrows, &last_w)
-            for c in range(2 * (cz - ca)):
-                g[c] = 0.0
-            gcnt = 0.0
-            for j in range(k):
-                # columns at or past last_w (a multiple of C) have one row fewer
-                nb = <double>(nrows - (1 if j * C >= last_w else 0))
-                merge_into(g, g + (cz - ca), 1, part + 2 * u * W + j * C + ca,
-                           part + 2 * u * W + W + j * C + ca, 1, cz - ca, gcnt, nb)
-                gcnt = gcnt + nb
-            merge_into(mean + ca, m2 + ca, 1, g, g + (cz - ca), 1, cz - ca, cnt, gcnt)
-            cnt = cnt + gcnt
-        free(g)
-    return -1 if failed else 0
+    # (mean, M2) per channel from the row groups' part [nu, 2, k * C]
+    cdef Combine q
+    q.kind = MERGE_ROWS
+    q.part = part
+    q.nparts = column_units(R)
+    q.R = R
+    q.C = C
+    q.s1 = mean
+    q.s2 = m2
+    return run_combine(&q, 0, C, q.nparts * column_widen(C) * C, nthreads)
 
 
 # ---------------------------------------------------------------------------
