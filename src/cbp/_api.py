@@ -1,4 +1,8 @@
-"""The public functions: validate, allocate, call one fused kernel."""
+"""The public functions: validate, allocate, call one fused kernel.
+
+Plain one-thread calls first try the kernels' small_* entry points
+(_small_calls.pxi), which do the common case's checks in C and return None
+for anything else; the general path below then checks and runs the call."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,6 +32,9 @@ def channel_stats(x, *, layout="NCHW", num_threads=None) -> ChannelStats:
 
     Returns a :class:`ChannelStats` (mean, m2 and var are float64).
     """
+    small = _kernels.small_moments(x, layout, num_threads)
+    if small is not None:
+        return ChannelStats._trusted(*small)
     layout = v.check_layout(layout)
     xc = v.activation(x, "x", layout)
     nt = v.resolve_threads(num_threads)
@@ -44,6 +51,9 @@ def channel_backprop_stats(x, dy, mean, inv_std, *, layout="NCHW", num_threads=N
     ``dbias[c] = sum(dy)`` and ``dscale[c] = sum(dy * (x - mean) * inv_std)``
     over every element of channel c. Returns ``(dscale, dbias)``, float64.
     """
+    small = _kernels.small_backprop_sums(x, dy, mean, inv_std, layout, num_threads)
+    if small is not None:
+        return small
     layout = v.check_layout(layout)
     xc, dyc, mean, inv_std = v.gradient_inputs(x, dy, mean, inv_std, layout)
     C = xc.channels
@@ -89,6 +99,9 @@ def batch_norm_backward(x, dy, mean, inv_std, scale, *, layout="NCHW", out=None,
     dscale and dbias are float64. An empty batch gives zero gradients.
     ``scale=None`` is the identity scale (affine off).
     """
+    small = _kernels.small_backward(x, dy, mean, inv_std, scale, layout, num_threads, out)
+    if small is not None:
+        return small
     layout = v.check_layout(layout)
     xc, dyc, mean, inv_std = v.gradient_inputs(x, dy, mean, inv_std, layout)
     C = xc.channels
@@ -121,6 +134,10 @@ def batch_norm_forward(x, scale=None, bias=None, *, eps=1e-5, layout="NCHW", out
     ``unbiased``, ``num_batches_tracked``); the defaults are PyTorch's. They
     are checked before anything is computed.
     """
+    if running_mean is None and running_var is None and not return_stats:
+        small = _kernels.small_forward(x, scale, bias, eps, layout, num_threads, out)
+        if small is not None:
+            return small
     layout = v.check_layout(layout)
     xc = v.activation(x, "x", layout)
     C = xc.channels

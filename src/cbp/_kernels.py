@@ -14,6 +14,11 @@ from .cython_api import (  # noqa: F401
     moments,
     openmp_enabled,
     probe_team,
+    set_call_thread_limit,
+    small_backprop_sums,
+    small_backward,
+    small_forward,
+    small_moments,
     thread_limit,
     vector_flags,
 )

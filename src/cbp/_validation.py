@@ -59,6 +59,7 @@ def _usable_cpus() -> int:
 # oversubscribe the cores (results are the same for every team size), and a
 # team of thousands of OS threads slows the whole process down afterwards.
 MAX_THREADS = max(1, min(max(64, 4 * _usable_cpus()), _kernels.thread_limit()))
+_kernels.set_call_thread_limit(MAX_THREADS)  # the small-call checks in C use it too
 # plan_info describes a schedule for any team up to this size, on any machine.
 MAX_PLAN_THREADS = 65536
 

@@ -286,6 +286,7 @@ include "_public_api.pxi"
 
 
 include "_entry_points.pxi"
+include "_small_calls.pxi"
 
 
 # after _entry_points.pxi, which defines what it calls
