@@ -66,6 +66,16 @@ def test_small_path_is_taken_and_matches_the_general_path(shape, layout, dtype):
     ds2, db2 = cbp.channel_backprop_stats(x, dy, mean.tolist(), inv_std, layout=layout)
     assert _bits_equal(ds, ds2) and _bits_equal(db, db2)
 
+    M = x.size // len(mean)
+    assert _kernels.small_dx(x, dy, mean, inv_std, scale, ds, db, M, layout, None) is not None
+    g = cbp.batch_norm_dx(x, dy, mean, inv_std, scale, ds, db, M, layout=layout)
+    g2 = cbp.batch_norm_dx(x, dy, mean, inv_std, scale, ds.tolist(), db, M, layout=layout)
+    assert _bits_equal(g, g2)
+    xx = x.copy()
+    assert cbp.batch_norm_dx(xx, dy, mean, inv_std, scale, ds, db, M, layout=layout,
+                             out=xx) is xx
+    assert _bits_equal(xx, g)
+
     st = cbp.channel_stats(x, layout=layout)
     st2 = cbp.channel_stats(np.asfortranarray(x), layout=layout)
     assert st.count == st2.count == x.size // len(mean)
@@ -203,6 +213,22 @@ def _small(op, a):
 def test_small_path_declines_what_is_not_plain(name, args, ops):
     for op in ops:
         assert _small(op, args) is None, (name, op)
+
+
+@pytest.mark.parametrize("change", [dict(count=0), dict(count=True), dict(count=72.0),
+                                    dict(count=np.int64(72)), dict(dscale=[0.0] * 4),
+                                    dict(dbias=np.zeros(3)), dict(scale=np.ones(5)),
+                                    dict(dy=np.zeros((2, 4, 3, 3))),
+                                    dict(mean=np.array([np.nan, 0, 0, 0]))])
+def test_small_dx_declines(change):
+    x, dy, mean, inv_std, scale, _ = _inputs((2, 4, 3, 3), "NCHW", np.float32)
+    a = dict(x=x, dy=dy, mean=mean, inv_std=inv_std, scale=scale, dscale=np.ones(4),
+             dbias=np.ones(4), count=72)
+    assert _kernels.small_dx(a["x"], a["dy"], a["mean"], a["inv_std"], a["scale"],
+                             a["dscale"], a["dbias"], a["count"], "NCHW", None) is not None
+    a.update(change)
+    assert _kernels.small_dx(a["x"], a["dy"], a["mean"], a["inv_std"], a["scale"],
+                             a["dscale"], a["dbias"], a["count"], "NCHW", None) is None
 
 
 @pytest.mark.parametrize("eps", [1, np.float64(1e-5), 0.0, -1e-5, float("nan"), float("inf")])

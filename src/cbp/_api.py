@@ -75,6 +75,10 @@ def batch_norm_dx(x, dy, mean, inv_std, scale, dscale, dbias, count, *, layout="
     (affine off). ``count`` must be >= 1, or 0 for an empty x (an empty dx,
     as :func:`batch_norm_backward` gives). Returns ``dx`` with x's dtype and shape.
     """
+    small = _kernels.small_dx(x, dy, mean, inv_std, scale, dscale, dbias, count, layout,
+                              num_threads, out)
+    if small is not None:
+        return small
     layout = v.check_layout(layout)
     xc, dyc, mean, inv_std = v.gradient_inputs(x, dy, mean, inv_std, layout)
     C = xc.channels

@@ -17,6 +17,7 @@ from .cython_api import (  # noqa: F401
     set_call_thread_limit,
     small_backprop_sums,
     small_backward,
+    small_dx,
     small_forward,
     small_moments,
     thread_limit,

@@ -331,3 +331,59 @@ def small_forward(x, scale, bias, eps, layout, num_threads, out=None):
         _release(v, held)
     _check(rc)
     return y, mean, inv_std
+
+
+def small_dx(x, dy, mean, inv_std, scale, dscale, dbias, count, layout, num_threads,
+             out=None):
+    """dx of a plain one-thread call, or None."""
+    cdef Py_buffer v[8]
+    cdef int held = 0, rc
+    cdef Act a
+    cdef Py_ssize_t C
+    if type(count) is not int or not count >= 1 or not _activation(x, &v[0], layout, &a):
+        return None
+    held = 1
+    try:
+        C = a.C
+        if not (_small_team(num_threads, a.N * C * a.S) and _plain(dy, &v[1], PyBUF_RECORDS_RO)):
+            return None
+        held = 2
+        if not _same(&v[0], &v[1]) or not _vector(mean, &v[2], C, 1):
+            return None
+        held = 3
+        if not _vector(inv_std, &v[3], C, 2):
+            return None
+        held = 4
+        if scale is None:
+            scale = np.ones(C)
+        if not _vector(scale, &v[4], C, 0):
+            return None
+        held = 5
+        if not _vector(dscale, &v[5], C, 0):
+            return None
+        held = 6
+        if not _vector(dbias, &v[6], C, 0):
+            return None
+        held = 7
+        if out is None:
+            dx = _np_empty_like(x)
+            PyObject_GetBuffer(dx, &v[7], PyBUF_RECORDS)
+        elif _output(out, &v[7], &v[0], &v[1]):
+            dx = out
+        else:
+            return None
+        held = 8
+        if a.kind == b'f':
+            rc = _dx(<const float*>v[0].buf, <const float*>v[1].buf, <float*>v[7].buf, a.N, C,
+                     a.S, <const double*>v[2].buf, <const double*>v[3].buf,
+                     <const double*>v[4].buf, <const double*>v[5].buf, <const double*>v[6].buf,
+                     <double>count, 1)
+        else:
+            rc = _dx(<const double*>v[0].buf, <const double*>v[1].buf, <double*>v[7].buf, a.N,
+                     C, a.S, <const double*>v[2].buf, <const double*>v[3].buf,
+                     <const double*>v[4].buf, <const double*>v[5].buf, <const double*>v[6].buf,
+                     <double>count, 1)
+    finally:
+        _release(v, held)
+    _check(rc)
+    return dx

@@ -69,3 +69,7 @@ def small_forward(
     x: object, scale: object, bias: object, eps: object, layout: object, num_threads: object,
     out: object = None,
 ) -> tuple[_Block, _F64, _F64] | None: ...
+def small_dx(
+    x: object, dy: object, mean: object, inv_std: object, scale: object, dscale: object,
+    dbias: object, count: object, layout: object, num_threads: object, out: object = None,
+) -> _Block | None: ...
