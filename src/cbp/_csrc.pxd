@@ -62,6 +62,8 @@ cdef extern from "cbp_kernels.h" nogil:
                                        double* mean, double* m2, Py_ssize_t m, double n_a,
                                        double nb) noexcept
     void block_shift "cbp_block_shift"(void* a, Py_ssize_t m, double nb) noexcept
+    void flush_sums "cbp_flush_sums"(void* a, void* b, double* s1, double* s2,
+                                     Py_ssize_t m) noexcept
     # elementwise sweeps (csrc/sweep.h); dy == NULL: the affine map
     void rows_sweep "cbp_rows_sweep"(const void* x, const void* dy, void* out, int rows,
                                      Py_ssize_t st, Py_ssize_t m, const void* mh,

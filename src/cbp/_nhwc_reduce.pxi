@@ -51,23 +51,12 @@ cdef inline Py_ssize_t rows_step(Py_ssize_t i, Py_ssize_t i_end, Py_ssize_t full
     return 1
 
 
-cdef inline void flush_backprop(floating* ady, floating* adx, double* colsum,
-                                Py_ssize_t W) noexcept nogil:
-    # add the input-type accumulators into colsum [2, W] and clear them
-    cdef Py_ssize_t j
-    for j in range(W):
-        colsum[j] = colsum[j] + ady[j]
-        colsum[W + j] = colsum[W + j] + adx[j]
-        ady[j] = 0
-        adx[j] = 0
-
-
 cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows,
                          Py_ssize_t st, Py_ssize_t m, Py_ssize_t last_m, Py_ssize_t full,
                          const floating* mh_w, bint quarters, bint checked,
-                         double* colsum) noexcept nogil:
-    # colsum is [2, m]: per column sum dy and sum dy * (x - mh_w) over nrows
-    # rows st apart, m columns wide; rows at or past `full` (only the last
+                         double* s1, double* s2) noexcept nogil:
+    # s1, s2 [m]: per column sum dy and sum dy * (x - mh_w) over nrows rows st
+    # apart, m columns wide; rows at or past `full` (only the last
     # row of a row group can be short) are last_m wide. `full` is the row
     # group's, whatever columns of it this call sums, so that every column's
     # rows are added in the same order in any piece.
@@ -88,8 +77,8 @@ cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows
     ady = <floating*>cbp_place(raw, x, 0)
     adx = <floating*>cbp_place(raw + span, x, 1)
     for j in range(m):
-        colsum[j] = 0.0
-        colsum[m + j] = 0.0
+        s1[j] = 0.0
+        s2[j] = 0.0
         ady[j] = 0
         adx[j] = 0
     while i < q:
@@ -97,7 +86,7 @@ cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows
         while i < i1:
             rows_backprop(x + i * st, dy + i * st, 4, q * st, mh_w, ady, adx, m)
             i = i + 1
-        flush_backprop(ady, adx, colsum, m)
+        flush_sums(ady, adx, s1, s2, m)
     i = 4 * q
     while i < nrows:
         i1 = min(nrows, i + ROW_FLUSH)
@@ -105,10 +94,10 @@ cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows
             rows_backprop(x + i * st, dy + i * st, 1, st, mh_w, ady, adx,
                           m if i < full else last_m)
             i = i + 1
-        flush_backprop(ady, adx, colsum, m)
+        flush_sums(ady, adx, s1, s2, m)
     free(raw)
     if floating is float and checked:
-        return recheck_backprop(x, dy, nrows, st, m, last_m, mh_w, colsum)
+        return recheck_backprop(x, dy, nrows, st, m, last_m, mh_w, s1, s2)
     return 0
 
 
@@ -132,13 +121,13 @@ cdef inline bint columns_bad(const double* s1, const double* s2, Py_ssize_t W,
 
 cdef int recheck_backprop(const floating* x, const floating* dy, Py_ssize_t nrows,
                           Py_ssize_t stride, Py_ssize_t W, Py_ssize_t last_w,
-                          const floating* mh_w, double* colsum) noexcept nogil:
+                          const floating* mh_w, double* s1, double* s2) noexcept nogil:
     # Columns whose products were all exactly 0 (dead channels) are exact as
     # they are; the rest of the failing ones are summed again in float64.
     cdef Py_ssize_t j, redo = 0
     cdef double* w
     cdef unsigned char* ok
-    if not columns_bad(colsum, colsum + W, W, last_w, nrows):
+    if not columns_bad(s1, s2, W, last_w, nrows):
         return 0
     w = <double*>malloc(3 * W * sizeof(double) + W)
     if w == NULL:
@@ -146,17 +135,17 @@ cdef int recheck_backprop(const floating* x, const floating* dy, Py_ssize_t nrow
     ok = <unsigned char*>(w + 3 * W)
     wide_exact_columns(x, dy, nrows, stride, W, last_w, mh_w, ok)
     for j in range(W):
-        if not (ok[j] or column_ok(colsum[j], colsum[W + j], <double>(nrows - (j >= last_w)))):
+        if not (ok[j] or column_ok(s1[j], s2[j], <double>(nrows - (j >= last_w)))):
             redo = redo + 1
     if redo:
         for j in range(W):
             w[j] = mh_w[j]
         wide_columns(x, dy, nrows, stride, W, last_w, w, w + W, w + 2 * W)
         for j in range(W):
-            if not (ok[j] or column_ok(colsum[j], colsum[W + j],
+            if not (ok[j] or column_ok(s1[j], s2[j],
                                        <double>(nrows - (j >= last_w)))):
-                colsum[j] = w[W + j]
-                colsum[W + j] = w[2 * W + j]
+                s1[j] = w[W + j]
+                s2[j] = w[2 * W + j]
     free(w)
     return 0
 
@@ -314,22 +303,12 @@ cdef int nhwc_backprop_piece(const floating* x, const floating* dy, Py_ssize_t R
                              Py_ssize_t ja, Py_ssize_t jz, const floating* mh_w,
                              bint quarters, bint checked, double* part) noexcept nogil:
     # columns ja..jz of row group u into part[u] ([2, W]: sum dy, sum dy * (x - mean_hi))
-    cdef Py_ssize_t W = k * C, r0, nrows, last_w, m = jz - ja, j
-    cdef double* cs = <double*>malloc(2 * m * sizeof(double))
+    cdef Py_ssize_t W = k * C, r0, nrows, last_w, m = jz - ja
     cdef double* out = part + 2 * u * W
-    if cs == NULL:
-        return -1
     row_group(R, C, k, nu, u, &r0, &nrows, &last_w)
-    if column_backprop(x + r0 * C + ja, dy + r0 * C + ja, nrows, W, m,
-                       max(0, min(m, last_w - ja)), nrows if last_w == W else nrows - 1,
-                       mh_w + ja, quarters, checked, cs) != 0:
-        free(cs)
-        return -1
-    for j in range(m):
-        out[ja + j] = cs[j]
-        out[W + ja + j] = cs[m + j]
-    free(cs)
-    return 0
+    return column_backprop(x + r0 * C + ja, dy + r0 * C + ja, nrows, W, m,
+                           max(0, min(m, last_w - ja)), nrows if last_w == W else nrows - 1,
+                           mh_w + ja, quarters, checked, out + ja, out + W + ja)
 
 
 cdef int nhwc_moments_piece(const floating* x, Py_ssize_t R, Py_ssize_t C, Py_ssize_t k,

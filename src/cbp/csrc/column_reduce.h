@@ -73,6 +73,21 @@ static CBP_TARGET void rows4_shifted(const T *x, ptrdiff_t st, const T *shift, T
     }
 }
 
+/* End of a block of rows in the backprop sums: the T accumulators a, b go
+   into the float64 column sums s1, s2 and are cleared for the next block. A
+   kernel of its own rather than a loop in the driver: the driver's copy ran
+   as baseline SSE2 with spills, 8% of NHWC backprop sums with C = 1024. */
+static CBP_TARGET void flush_sums(T *a, T *b, double *s1, double *s2, ptrdiff_t m)
+{
+    ptrdiff_t j;
+    CBP_SIMD for (j = 0; j < m; j++) {
+        s1[j] += (double)a[j];
+        s2[j] += (double)b[j];
+        a[j] = 0;
+        b[j] = 0;
+    }
+}
+
 /* End of a block of nb rows in the moments pass: turn per-column shifted
    sums (a: sum d, b: sum d*d, d = x - shift) into the block's mean and M2
    and merge them into the running per-column mean and M2 of n_a earlier

@@ -26,6 +26,8 @@ typedef struct {
     void (*merge_block)(const T *a, const T *b, const T *shift, double *mean, double *m2,
                         ptrdiff_t m, double n_a, double nb);
     void (*block_shift)(T *a, ptrdiff_t m, double nb);
+    /* A block's backprop accumulators added into float64 sums, then cleared. */
+    void (*flush_sums)(T *a, T *b, double *s1, double *s2, ptrdiff_t m);
 
     /* Elementwise sweeps (sweep.h), dy == NULL: the affine map. `rows` (1 or
        4) rows st apart, per-element coefficients; or nc planes of S
