@@ -164,6 +164,15 @@ def test_plan_info_names_the_fused_paths():
         "nchw_short_plane_columns"
     nhwc = cbp.plan_info((32, 7, 7, 2048), layout="NHWC", op="batch_norm_dx")
     assert nhwc["kernel"] == "rows_sweep_four" and nhwc["reduction"] is None
+    # in cache, the dX sweep takes rows of 256 to 2047 elements one at a time;
+    # shorter rows and the affine map four per coefficient load
+    for op, C, sweep in [("batch_norm_dx", 256, "rows_sweep"),
+                         ("batch_norm_backward", 1024, "rows_sweep"),
+                         ("batch_norm_dx", 128, "rows_sweep_four"),
+                         ("batch_norm_inference", 256, "rows_sweep_four"),
+                         ("batch_norm_forward", 1024, "rows_sweep_four")]:
+        info = cbp.plan_info((16, 4, 4, C), layout="NHWC", op=op)
+        assert info["sweep"] == sweep, (op, C, info["sweep"])
     assert cbp.plan_info((4, 0, 3), op="channel_stats")["kernel"] == "empty"
 
 

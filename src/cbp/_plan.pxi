@@ -183,6 +183,15 @@ cdef inline bint rows_streams(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize) n
             and column_widen(C) * C * itemsize >= NT_ROW_BYTES)
 
 
+cdef inline bint rows_sweep_four(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize,
+                                 bint dx) noexcept nogil:
+    # four rows per coefficient load in the NHWC sweeps (schedule only): the
+    # dX sweep (dx) not on rows of SWEEP_FOUR_W to QUARTER_W elements
+    if dx and SWEEP_FOUR_W <= column_widen(C) * C < QUARTER_W:
+        return False
+    return column_quarters(R, C, itemsize)
+
+
 cdef inline bint rows_sweep_quartered(Py_ssize_t R, Py_ssize_t C,
                                       Py_ssize_t itemsize) noexcept nogil:
     # long rows over more than a last-level cache: four quarters of a unit per step

@@ -122,7 +122,8 @@ def describe_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize,
             if rows_sweep_quartered(N, C, itemsize):
                 sname = "rows_sweep_quartered"
             else:
-                sname = "rows_sweep_four" if column_quarters(N, C, itemsize) else "rows_sweep"
+                sname = ("rows_sweep_four" if rows_sweep_four(N, C, itemsize, sweep == "dx")
+                         else "rows_sweep")
             streams = rows_streams(N, C, itemsize)
         info["sweep"] = sname
         info["streaming_stores"] = bool(streams)

@@ -147,6 +147,17 @@
    performance issue. */
 #define CBP_BLOCK_UNITS 10
 
+/* The NHWC dX sweep of an array in cache (QUARTER_BYTES) steps four rows
+   per coefficient load only on rows shorter than SWEEP_FOUR_W elements (or
+   of at least QUARTER_W): its four-row loop has 16 address streams, more
+   than x86-64's registers, and on rows of 256 to 1024 elements its spills
+   cost more than the saved loads (one row at a time measured 0.57x-0.93x
+   the time of dx and backward on 256x1024, 16x256x14x14, 4x512x14x14,
+   float32 and float64; rows of 64 elements 1.31x). The affine sweep (8
+   streams) keeps four rows. Chosen by: the sweep A/B of the performance
+   issue (benchmarks/README.md). */
+#define CBP_SWEEP_FOUR_W 256
+
 /* NHWC sweeps over arrays larger than the LLC take long rows from four
    quarters of a unit (0.88x the time on 256x2048x7x7, 1.13x on 32x2048x7x7,
    which stays in L3). Chosen by: 635b36c. */
