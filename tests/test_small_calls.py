@@ -80,6 +80,12 @@ def test_small_path_is_taken_and_matches_the_general_path(shape, layout, dtype):
     st2 = cbp.channel_stats(np.asfortranarray(x), layout=layout)
     assert st.count == st2.count == x.size // len(mean)
     assert _bits_equal(st.mean, st2.mean) and _bits_equal(st.m2, st2.m2)
+    # var comes with the small path's result: the same division as the general
+    # path's (computed when asked), read-only like mean and m2, and computed once
+    assert _bits_equal(st.var, st2.var) and _bits_equal(st.var, st.m2 / st.count)
+    assert st.var is st.var and st2.var is st2.var
+    for a in (st.mean, st.m2, st.var, st2.var):
+        assert not a.flags.writeable
 
     y, m, i = cbp.batch_norm_forward(x, scale, bias, eps=1e-3, layout=layout)
     y2, m2, i2 = cbp.batch_norm_forward(x, scale.tolist(), bias, eps=1e-3, layout=layout)

@@ -245,10 +245,14 @@ def small_backprop_sums(x, dy, mean, inv_std, layout, num_threads):
 
 
 def small_moments(x, layout, num_threads):
-    """(count, mean, m2) of a plain one-thread call, or None."""
-    cdef Py_buffer v[3]
+    """(count, mean, m2, var) of a plain one-thread call, or None."""
+    cdef Py_buffer v[4]
     cdef int held = 0, rc
     cdef Act a
+    cdef Py_ssize_t c
+    cdef double n
+    cdef double* m2p
+    cdef double* varp
     if not _activation(x, &v[0], layout, &a):
         return None
     held = 1
@@ -257,20 +261,29 @@ def small_moments(x, layout, num_threads):
             return None
         mean = _np_empty(a.C, _f64)
         m2 = _np_empty(a.C, _f64)
+        var = _np_empty(a.C, _f64)
         PyObject_GetBuffer(mean, &v[1], PyBUF_RECORDS)
         held = 2
         PyObject_GetBuffer(m2, &v[2], PyBUF_RECORDS)
         held = 3
+        PyObject_GetBuffer(var, &v[3], PyBUF_RECORDS)
+        held = 4
         if a.kind == b'f':
             rc = _moments(<const float*>v[0].buf, a.N, a.C, a.S, <double*>v[1].buf,
                           <double*>v[2].buf, 1)
         else:
             rc = _moments(<const double*>v[0].buf, a.N, a.C, a.S, <double*>v[1].buf,
                           <double*>v[2].buf, 1)
+        # var = m2 / count, the division ChannelStats.var does (0 when empty)
+        n = <double>(a.N * a.S)
+        m2p = <double*>v[2].buf
+        varp = <double*>v[3].buf
+        for c in range(a.C):
+            varp[c] = m2p[c] / n if n > 0 else 0.0
     finally:
         _release(v, held)
     _check(rc)
-    return a.N * a.S, mean, m2
+    return a.N * a.S, mean, m2, var
 
 
 def small_forward(x, scale, bias, eps, layout, num_threads, out=None):

@@ -14,11 +14,13 @@ class ChannelStats:
     count: int
     mean: NDArray[np.float64]
     m2: NDArray[np.float64]
+    _var: NDArray[np.float64] | None
     def __init__(self, count: int, mean: ArrayLike, m2: ArrayLike) -> None: ...
     # private: from fresh float64 vectors of cbp's own, with no checks
     @classmethod
     def _trusted(
-        cls, count: int, mean: NDArray[np.float64], m2: NDArray[np.float64]
+        cls, count: int, mean: NDArray[np.float64], m2: NDArray[np.float64],
+        var: NDArray[np.float64] | None = None,
     ) -> ChannelStats: ...
     @property
     def channels(self) -> int: ...
