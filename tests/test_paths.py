@@ -127,6 +127,7 @@ def test_caches_are_reported():
     # the derived sizes (csrc/cbp_tuning.h) and the default cache block in use
     assert caches["cache_block"] == caches["last_level_cache"] // 8 * 3
     assert caches["streaming_store_from"] == caches["last_level_cache"] // 2
+    assert caches["streaming_store_rows_from"] == caches["last_level_cache"] // 3
     assert cbp._kernels.cache_block_bytes() == caches["cache_block"]
 
 

@@ -88,6 +88,7 @@ def schedule_sizes():
     """The sizes derived from the last-level cache, in bytes."""
     return {"last_level_cache": _llc_bytes, "cache_block": _default_cache_block,
             "streaming_store_from": _nt_store_bytes,
+            "streaming_store_rows_from": _nt_rows_bytes,
             "nhwc_sweep_quarters_from": _sweep_quarter_bytes}
 
 

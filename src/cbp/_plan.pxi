@@ -41,14 +41,17 @@ cdef inline Py_ssize_t share_lo(Py_ssize_t n, Py_ssize_t t, Py_ssize_t i) noexce
 cdef Py_ssize_t _llc_bytes = LLC_DEFAULT_BYTES
 cdef Py_ssize_t _default_cache_block = CACHE_BLOCK_OF(LLC_DEFAULT_BYTES)
 cdef Py_ssize_t _nt_store_bytes = NT_STORE_OF(LLC_DEFAULT_BYTES)
+cdef Py_ssize_t _nt_rows_bytes = NT_ROWS_OF(LLC_DEFAULT_BYTES)
 cdef Py_ssize_t _sweep_quarter_bytes = SWEEP_QUARTER_OF(LLC_DEFAULT_BYTES)
 
 
 cdef void set_llc(Py_ssize_t llc) noexcept nogil:
-    global _llc_bytes, _default_cache_block, _nt_store_bytes, _sweep_quarter_bytes
+    global _llc_bytes, _default_cache_block, _nt_store_bytes, _nt_rows_bytes
+    global _sweep_quarter_bytes
     _llc_bytes = llc
     _default_cache_block = max(1, CACHE_BLOCK_OF(llc))
     _nt_store_bytes = NT_STORE_OF(llc)
+    _nt_rows_bytes = NT_ROWS_OF(llc)
     _sweep_quarter_bytes = SWEEP_QUARTER_OF(llc)
 
 
@@ -179,7 +182,7 @@ cdef inline bint nchw_streams(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
 
 cdef inline bint rows_streams(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize) noexcept nogil:
     # streaming stores for the row sweeps (rows fused to column_widen(C) * C)
-    return (CBP_HAVE_NT and R * C * itemsize >= _nt_store_bytes
+    return (CBP_HAVE_NT and R * C * itemsize >= _nt_rows_bytes
             and column_widen(C) * C * itemsize >= NT_ROW_BYTES)
 
 

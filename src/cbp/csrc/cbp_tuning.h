@@ -169,6 +169,14 @@
    streamed, rows of 1 KiB 0.9x the time). Chosen by: 2026-11-22-streaming.md
    (16 MiB on 32 MiB). */
 #define CBP_NT_STORE_OF(llc) ((llc) / 2)
+/* NHWC and 2-D row sweeps stream from a third of the LLC, where x, dy and
+   the output together outgrow it: 0.77x-0.91x the time of plain stores for
+   backward, forward and dX of 12 MiB (16x1024x14x14, 32x2048x7x7 NHWC,
+   4096x768, 16x2048x7x7 float64) with one thread, 0.75x-1.05x with two.
+   NCHW planes keep half the LLC: at 12 MiB their streamed planes of 14x14
+   took 1.3x-1.6x the time. Chosen by: the streaming A/B of the performance
+   issue (benchmarks/README.md). */
+#define CBP_NT_ROWS_OF(llc) ((llc) / 3)
 #define CBP_NT_PLANE_BYTES 512
 #define CBP_NT_ROW_BYTES 1024
 
