@@ -318,11 +318,12 @@ def test_size_dependent_paths_all_functions(shape, dtype):
 
 
 # Outputs of 16 MiB or more are written with streaming stores in whole aligned
-# 64-byte lines, the rest of each plane or row with plain stores.
+# 64-byte lines, the rest of each plane or row with plain stores (NCHW planes
+# of at least 256 elements and 512 bytes, NHWC rows of at least 1 KiB).
 STREAM_CASES = [
     ((4, 17, 250, 251), np.float32, "NCHW"),  # planes that start mid-line
     ((8, 64, 64, 64), np.float64, "NCHW"),    # planes of whole lines
-    ((64, 460, 12, 12), np.float32, "NCHW"),  # short planes of 576 bytes, runs of planes
+    ((50, 300, 17, 17), np.float32, "NCHW"),  # planes of 289 elements (1156 bytes), runs of planes
     ((260, 257, 8, 8), np.float32, "NHWC"),   # rows of 1028 bytes, one at a time
     ((2100, 2050), np.float32, "NCHW"),       # four rows of 8200 bytes per step
 ]

@@ -32,6 +32,7 @@ cdef extern from "cbp_tuning.h":
         GRAIN_ELEMS "CBP_GRAIN_ELEMS"
         NT_PLANE_BYTES "CBP_NT_PLANE_BYTES"
         NT_ROW_BYTES "CBP_NT_ROW_BYTES"
+        NT_PLANE_ELEMS "CBP_NT_PLANE_ELEMS"
         SWEEP_FOUR_W "CBP_SWEEP_FOUR_W"
 
 cdef extern from "cbp_tuning.h" nogil:

@@ -177,7 +177,7 @@ cdef inline bint nchw_streams(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                               Py_ssize_t itemsize) noexcept nogil:
     # streaming stores for the NCHW sweeps
     return (CBP_HAVE_NT and N * C * S * itemsize >= _nt_store_bytes
-            and S * itemsize >= NT_PLANE_BYTES)
+            and S * itemsize >= NT_PLANE_BYTES and S >= NT_PLANE_ELEMS)
 
 
 cdef inline bint rows_streams(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize) noexcept nogil:

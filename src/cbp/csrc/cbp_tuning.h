@@ -179,6 +179,14 @@
 #define CBP_NT_ROWS_OF(llc) ((llc) / 3)
 #define CBP_NT_PLANE_BYTES 512
 #define CBP_NT_ROW_BYTES 1024
+/* ... and NCHW planes of fewer elements keep plain stores too: a streamed
+   plane costs a head, a tail and a call more than a plain one, which planes
+   of 196 and 225 elements did not repay (14x14 float32 and float64, 15x15:
+   plain stores took 0.58x-0.85x the time of streamed ones at 24-49 MiB,
+   one thread; 16x16, 20x20, 24x24, 28x28, 50x50 and 90x90 planes took
+   1.05x-1.27x with plain stores, 30x30 float32 0.97x-0.99x). Chosen by: the
+   streaming A/B of the performance issue (benchmarks/README.md). */
+#define CBP_NT_PLANE_ELEMS 256
 
 /* Scratch rows stored to inside a loop over rows of x sit at
    512 + 1024 * slot bytes (mod 4 KiB) from the row being read, so loads do
