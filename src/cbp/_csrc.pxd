@@ -116,6 +116,11 @@ cdef extern from "cbp_kernels.h" nogil:
     void merge_into "cbp_merge_into"(double* mean, double* m2, Py_ssize_t sd,
                                      const double* bmean, const double* bm2, Py_ssize_t ss,
                                      Py_ssize_t m, double n_a, double n_b) noexcept
+    void add_into "cbp_add_into"(double* s1, double* s2, const double* v1, const double* v2,
+                                 Py_ssize_t sv, Py_ssize_t m) noexcept
+    void add_folded "cbp_add_folded"(double* s1, double* s2, const double* v1,
+                                     const double* v2, Py_ssize_t C, Py_ssize_t k,
+                                     Py_ssize_t m) noexcept
     void store_fence "cbp_store_fence"() noexcept
     const int CBP_HAVE_NT
 

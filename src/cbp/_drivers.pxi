@@ -218,24 +218,23 @@ cdef struct Combine:
     PlanePlan p
     double* s1        # sums of dy, or means
     double* s2        # sums of dy * (x - mean_hi), or M2
+    Py_ssize_t head   # rows: the row groups already in s1, s2 (nhwc_share)
 
 
 cdef int combine_chunk(const Combine* q, Py_ssize_t ca, Py_ssize_t cz) noexcept nogil:
-    cdef Py_ssize_t g, c, u, j, r0, nrows, last_w
-    cdef Py_ssize_t k = column_widen(q.C), W = column_widen(q.C) * q.C
-    cdef double cnt = 0.0, gcnt, nb, fa, fb
+    cdef Py_ssize_t g, c, u
+    cdef Py_ssize_t W = column_widen(q.C) * q.C
+    cdef double cnt = 0.0, gcnt
     cdef const double* row
-    cdef double* grp
-    for c in range(ca, cz):
-        q.s1[c] = 0.0
-        q.s2[c] = 0.0
+    if q.kind == SUM_PLANES or q.kind == MERGE_PLANES:
+        for c in range(ca, cz):
+            q.s1[c] = 0.0
+            q.s2[c] = 0.0
     if q.kind == SUM_PLANES:
         # parts outer, so memory is read in order
         for g in range(q.nparts):
             row = q.part + 2 * g * q.C
-            for c in range(ca, cz):
-                q.s1[c] = q.s1[c] + row[2 * c]
-                q.s2[c] = q.s2[c] + row[2 * c + 1]
+            add_into(q.s1 + ca, q.s2 + ca, row + 2 * ca, row + 2 * ca + 1, 2, cz - ca)
     elif q.kind == MERGE_PLANES:
         for g in range(q.p.ng * q.p.nsc):
             gcnt = <double>(((g // q.p.nsc + 1) * q.N // q.p.ng - (g // q.p.nsc) * q.N // q.p.ng)
@@ -244,53 +243,13 @@ cdef int combine_chunk(const Combine* q, Py_ssize_t ca, Py_ssize_t cz) noexcept 
             merge_into(q.s1 + ca, q.s2 + ca, 1, q.part + 2 * (g * q.C + ca),
                        q.part + 2 * (g * q.C + ca) + 1, 2, cz - ca, cnt, gcnt)
             cnt = cnt + gcnt
-    elif q.kind == SUM_ROWS:
-        # each row group's k columns of a channel added first, then the groups
-        for u in range(q.nparts):
-            row = q.part + 2 * u * W
-            if k == 1:
-                # the fold of one column is the column itself (0.0 + v adds
-                # nothing but the sign of a zero, which the sum drops too)
-                for c in range(ca, cz):
-                    q.s1[c] = q.s1[c] + row[c]
-                    q.s2[c] = q.s2[c] + row[W + c]
-                continue
-            for c in range(ca, cz):
-                fa = 0.0
-                fb = 0.0
-                for j in range(k):
-                    fa = fa + row[j * q.C + c]
-                    fb = fb + row[W + j * q.C + c]
-                q.s1[c] = q.s1[c] + fa
-                q.s2[c] = q.s2[c] + fb
     else:
-        # each row group's k columns of a channel merged first, then the groups
-        grp = <double*>malloc(2 * (cz - ca) * sizeof(double))
-        if grp == NULL:
-            return -1
-        for u in range(q.nparts):
-            row_group(q.R, q.C, k, q.nparts, u, &r0, &nrows, &last_w)
-            row = q.part + 2 * u * W
-            if k == 1:
-                # one column per channel: its merge into an empty group is
-                # the column itself
-                gcnt = <double>nrows
-                merge_into(q.s1 + ca, q.s2 + ca, 1, row + ca, row + W + ca, 1, cz - ca, cnt,
-                           gcnt)
-                cnt = cnt + gcnt
-                continue
-            for c in range(2 * (cz - ca)):
-                grp[c] = 0.0
-            gcnt = 0.0
-            for j in range(k):
-                # columns at or past last_w (a multiple of C) have one row fewer
-                nb = <double>(nrows - (1 if j * q.C >= last_w else 0))
-                merge_into(grp, grp + (cz - ca), 1, row + j * q.C + ca, row + W + j * q.C + ca,
-                           1, cz - ca, gcnt, nb)
-                gcnt = gcnt + nb
-            merge_into(q.s1 + ca, q.s2 + ca, 1, grp, grp + (cz - ca), 1, cz - ca, cnt, gcnt)
-            cnt = cnt + gcnt
-        free(grp)
+        # the row groups in order, after the head ones that are in s1, s2
+        cnt = <double>(q.head * q.R // q.nparts)
+        for u in range(q.head, q.nparts):
+            if row_fold(q.kind == MERGE_ROWS, q.R, q.C, q.nparts, u, q.part + 2 * u * W, ca, cz,
+                        q.s1, q.s2, &cnt) != 0:
+                return -1
     return 0
 
 
@@ -340,32 +299,21 @@ cdef int nchw_totals(const double* part, Py_ssize_t N, Py_ssize_t C, Py_ssize_t 
     return run_combine(&q, c0, c1, p.ng * p.nsc * (c1 - c0), nthreads)
 
 
-cdef int rows_backprop_totals(const double* part, Py_ssize_t R, Py_ssize_t C,
-                              double* sdy, double* sdx, int nthreads) noexcept nogil:
-    # sdy, sdx per channel from the row groups' part [nu, 2, k * C]
+cdef int rows_combine(int kind, const double* part, Py_ssize_t R, Py_ssize_t C,
+                      Py_ssize_t head, double* s1, double* s2, int nthreads) noexcept nogil:
+    # per channel: sums of dy and of dy * (x - mean_hi) (SUM_ROWS), or mean
+    # and M2 (MERGE_ROWS), from the row groups' part [nu, 2, k * C] after the
+    # head first ones, whose totals s1, s2 hold already
     cdef Combine q
-    q.kind = SUM_ROWS
+    q.kind = kind
     q.part = part
     q.nparts = column_units(R)
     q.R = R
     q.C = C
-    q.s1 = sdy
-    q.s2 = sdx
-    return run_combine(&q, 0, C, q.nparts * column_widen(C) * C, nthreads)
-
-
-cdef int rows_totals(const double* part, Py_ssize_t R, Py_ssize_t C, double* mean,
-                     double* m2, int nthreads) noexcept nogil:
-    # (mean, M2) per channel from the row groups' part [nu, 2, k * C]
-    cdef Combine q
-    q.kind = MERGE_ROWS
-    q.part = part
-    q.nparts = column_units(R)
-    q.R = R
-    q.C = C
-    q.s1 = mean
-    q.s2 = m2
-    return run_combine(&q, 0, C, q.nparts * column_widen(C) * C, nthreads)
+    q.s1 = s1
+    q.s2 = s2
+    q.head = head
+    return run_combine(&q, 0, C, (q.nparts - head) * column_widen(C) * C, nthreads)
 
 
 # ---------------------------------------------------------------------------
@@ -434,7 +382,7 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
                          int nthreads) noexcept nogil:
     """Per-channel (dscale, dbias); with out != NULL also dx (fused)."""
     cdef PlanePlan p
-    cdef Py_ssize_t nparts, k = column_widen(C), c0, c1, c, b
+    cdef Py_ssize_t nparts, k = column_widen(C), c0, c1, c, b, head = 0
     cdef bint settled
     cdef double* part
     cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
@@ -490,14 +438,18 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
             c0 = c1
     else:
         tile_coef(coef, C, k, coef_w)
-        rc = nhwc_backprop_sums(x, dy, N, C, coef_w, False, part, nthreads)
+        rc = nhwc_backprop_sums(x, dy, N, C, coef_w, False, part, dbias, dscale, &head,
+                                nthreads)
         if rc == 0:
-            rows_backprop_totals(part, N, C, dbias, dscale, nthreads)
+            rc = rows_combine(SUM_ROWS, part, N, C, head, dbias, dscale, nthreads)
+        if rc == 0:
             if floating is float and totals_bad(dbias, dscale, 0, C, <double>N):
                 rc = rows_settle(x, dy, N, C, coef, dbias, dscale, &settled, nthreads)
                 if rc == 0 and not settled:
-                    rc = nhwc_backprop_sums(x, dy, N, C, coef_w, True, part, nthreads)
-                    rows_backprop_totals(part, N, C, dbias, dscale, nthreads)
+                    rc = nhwc_backprop_sums(x, dy, N, C, coef_w, True, part, dbias, dscale,
+                                            &head, nthreads)
+                    if rc == 0:
+                        rc = rows_combine(SUM_ROWS, part, N, C, head, dbias, dscale, nthreads)
         if rc == 0:
             for c in range(C):
                 finish_backprop(c, dbias[c], dscale[c], mean, coef, inv_std, dscale, dbias)
@@ -558,7 +510,7 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
                         int nthreads) noexcept nogil:
     """Per-channel (mean, M2); with out != NULL also inv_std and y (fused)."""
     cdef PlanePlan p
-    cdef Py_ssize_t nparts, k = column_widen(C), c0, c1, c, b
+    cdef Py_ssize_t nparts, k = column_widen(C), c0, c1, c, b, head = 0
     cdef bint settled
     cdef double* part
     cdef floating* coef = NULL
@@ -615,17 +567,17 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
                     break
             c0 = c1
     else:
-        rc = nhwc_moments(x, N, C, False, part, nthreads)
+        rc = nhwc_moments(x, N, C, False, part, mean, m2, &head, nthreads)
         if rc == 0:
-            rc = rows_totals(part, N, C, mean, m2, nthreads)
+            rc = rows_combine(MERGE_ROWS, part, N, C, head, mean, m2, nthreads)
         if rc == 0:
             if floating is float and totals_bad(mean, m2, 0, C, <double>N):
                 rc = rows_settle(x, <const floating*>NULL, N, C, <const floating*>NULL, mean,
                                  m2, &settled, nthreads)
                 if rc == 0 and not settled:
-                    rc = nhwc_moments(x, N, C, True, part, nthreads)
+                    rc = nhwc_moments(x, N, C, True, part, mean, m2, &head, nthreads)
                     if rc == 0:
-                        rc = rows_totals(part, N, C, mean, m2, nthreads)
+                        rc = rows_combine(MERGE_ROWS, part, N, C, head, mean, m2, nthreads)
         if rc == 0:
             finish_moments(mean, m2, 0, C)
             if out != NULL:

@@ -286,7 +286,12 @@ cdef inline bint row_moments_four(Py_ssize_t stride, Py_ssize_t W) noexcept nogi
 # Rows (NHWC, 2-D): units are (row group u, 64 bytes of its W = k * C
 # columns), u-major. A piece is a run of one row group's columns; part holds
 # each row group's per-column results [nu, 2, W], folded over the k pixels of
-# a fused row and combined over the row groups afterwards (_drivers.pxi).
+# a fused row and combined over the row groups in group order afterwards
+# (_drivers.pxi). Thread 0's share starts at group 0, so it folds its whole
+# groups into the channel totals as it goes, in that same order (row_fold),
+# and the combine starts after them: with one thread part is never written.
+# That saves part's trip through memory (1 MiB each way for 4096x1024, which
+# the 32 MiB of x and dy evict from cache before the combine reads it).
 
 cdef inline void row_group(Py_ssize_t R, Py_ssize_t C, Py_ssize_t k, Py_ssize_t nu,
                            Py_ssize_t u, Py_ssize_t* r0, Py_ssize_t* nrows,
@@ -298,13 +303,54 @@ cdef inline void row_group(Py_ssize_t R, Py_ssize_t C, Py_ssize_t k, Py_ssize_t 
     last_w[0] = (r1 - r0[0] - (nrows[0] - 1) * k) * C
 
 
+cdef int row_fold(bint moments, Py_ssize_t R, Py_ssize_t C, Py_ssize_t nu, Py_ssize_t u,
+                  const double* row, Py_ssize_t ca, Py_ssize_t cz, double* s1, double* s2,
+                  double* cnt) noexcept nogil:
+    # Row group u's results row ([2, W]) for channels ca..cz into the running
+    # totals s1, s2 of the groups before it: folded over its k pixels, then
+    # added (backprop sums) or merged (moments, cnt: the rows so far).
+    cdef Py_ssize_t k = column_widen(C), W = column_widen(C) * C, j, c, r0, nrows, last_w
+    cdef double gcnt, nb
+    cdef double* grp
+    if not moments:
+        if k == 1:
+            # the fold of one column is the column itself (0.0 + v adds
+            # nothing but the sign of a zero, which the sum drops too)
+            add_into(s1 + ca, s2 + ca, row + ca, row + W + ca, 1, cz - ca)
+        else:
+            add_folded(s1 + ca, s2 + ca, row + ca, row + W + ca, C, k, cz - ca)
+        return 0
+    row_group(R, C, k, nu, u, &r0, &nrows, &last_w)
+    if k == 1:
+        # one column per channel: its merge into an empty group is the column itself
+        gcnt = <double>nrows
+        merge_into(s1 + ca, s2 + ca, 1, row + ca, row + W + ca, 1, cz - ca, cnt[0], gcnt)
+        cnt[0] = cnt[0] + gcnt
+        return 0
+    grp = <double*>malloc(2 * (cz - ca) * sizeof(double))
+    if grp == NULL:
+        return -1
+    for c in range(2 * (cz - ca)):
+        grp[c] = 0.0
+    gcnt = 0.0
+    for j in range(k):
+        # columns at or past last_w (a multiple of C) have one row fewer
+        nb = <double>(nrows - (1 if j * C >= last_w else 0))
+        merge_into(grp, grp + (cz - ca), 1, row + j * C + ca, row + W + j * C + ca,
+                   1, cz - ca, gcnt, nb)
+        gcnt = gcnt + nb
+    merge_into(s1 + ca, s2 + ca, 1, grp, grp + (cz - ca), 1, cz - ca, cnt[0], gcnt)
+    cnt[0] = cnt[0] + gcnt
+    free(grp)
+    return 0
+
+
 cdef int nhwc_backprop_piece(const floating* x, const floating* dy, Py_ssize_t R,
                              Py_ssize_t C, Py_ssize_t k, Py_ssize_t nu, Py_ssize_t u,
                              Py_ssize_t ja, Py_ssize_t jz, const floating* mh_w,
-                             bint quarters, bint checked, double* part) noexcept nogil:
-    # columns ja..jz of row group u into part[u] ([2, W]: sum dy, sum dy * (x - mean_hi))
+                             bint quarters, bint checked, double* out) noexcept nogil:
+    # columns ja..jz of row group u into out ([2, W]: sum dy, sum dy * (x - mean_hi))
     cdef Py_ssize_t W = k * C, r0, nrows, last_w, m = jz - ja
-    cdef double* out = part + 2 * u * W
     row_group(R, C, k, nu, u, &r0, &nrows, &last_w)
     return column_backprop(x + r0 * C + ja, dy + r0 * C + ja, nrows, W, m,
                            max(0, min(m, last_w - ja)), nrows if last_w == W else nrows - 1,
@@ -313,63 +359,96 @@ cdef int nhwc_backprop_piece(const floating* x, const floating* dy, Py_ssize_t R
 
 cdef int nhwc_moments_piece(const floating* x, Py_ssize_t R, Py_ssize_t C, Py_ssize_t k,
                             Py_ssize_t nu, Py_ssize_t u, Py_ssize_t ja, Py_ssize_t jz,
-                            bint checked, double* part) noexcept nogil:
-    # columns ja..jz of row group u into part[u] ([2, W]: mean, M2)
+                            bint checked, double* out) noexcept nogil:
+    # columns ja..jz of row group u into out ([2, W]: mean, M2)
     cdef Py_ssize_t W = k * C, r0, nrows, last_w, m = jz - ja, j
-    cdef double* cs = <double*>malloc(2 * m * sizeof(double))
-    cdef double* out = part + 2 * u * W
+    cdef double* cs = out if m == W else <double*>malloc(2 * m * sizeof(double))
     if cs == NULL:
         return -1
     row_group(R, C, k, nu, u, &r0, &nrows, &last_w)
     if column_moments(x + r0 * C + ja, nrows, W, m, max(0, min(m, last_w - ja)),
                       nrows if last_w == W else nrows - 1, True, row_moments_four(W, W),
                       checked, cs) != 0:
-        free(cs)
+        if cs != out:
+            free(cs)
         return -1
-    for j in range(m):
-        out[ja + j] = cs[j]
-        out[W + ja + j] = cs[m + j]
-    free(cs)
+    if cs != out:
+        for j in range(m):
+            out[ja + j] = cs[j]
+            out[W + ja + j] = cs[m + j]
+        free(cs)
     return 0
+
+
+cdef int nhwc_share(bint moments, const floating* x, const floating* dy, Py_ssize_t R,
+                    Py_ssize_t C, const floating* mh_w, bint checked, double* part, int nthreads,
+                    int t, double* s1, double* s2, Py_ssize_t* head) noexcept nogil:
+    # Thread t's share of the units. Thread 0 (s1 != NULL) sums its whole
+    # row groups into its scratch row and folds each into s1, s2 (row_fold),
+    # group 0 first; head[0] is how many it folded. Every other piece goes
+    # into part.
+    cdef Py_ssize_t nu = column_units(R), k = column_widen(C), W = column_widen(C) * C
+    cdef Py_ssize_t gw = column_grain(sizeof(floating)), ncg = ceil_div(W, gw)
+    cdef Py_ssize_t lo = share_lo(nu * ncg, nthreads, t), hi = share_lo(nu * ncg, nthreads, t + 1)
+    cdef Py_ssize_t u, ja, jz, c, nh = 0
+    cdef bint quarters = column_quarters(R, C, sizeof(floating))
+    cdef double cnt = 0.0
+    cdef double* own = NULL
+    cdef double* out
+    cdef int failed = 0
+    if s1 != NULL:
+        own = <double*>malloc(2 * W * sizeof(double))
+        for c in range(C):
+            s1[c] = 0.0
+            s2[c] = 0.0
+    while lo < hi:
+        u = lo // ncg
+        ja = (lo - u * ncg) * gw
+        jz = min(W, (min(hi, (u + 1) * ncg) - u * ncg) * gw)
+        out = own if own != NULL and nh == u and ja == 0 and jz == W else part + 2 * u * W
+        if moments:
+            failed = nhwc_moments_piece(x, R, C, k, nu, u, ja, jz, checked, out)
+        else:
+            failed = nhwc_backprop_piece(x, dy, R, C, k, nu, u, ja, jz, mh_w, quarters,
+                                         checked, out)
+        if failed != 0:
+            break
+        if out == own:
+            failed = row_fold(moments, R, C, nu, u, own, 0, C, s1, s2, &cnt)
+            if failed != 0:
+                break
+            nh = nh + 1
+        lo = min(hi, (u + 1) * ncg)
+    free(own)
+    if head != NULL:
+        head[0] = nh
+    return failed
 
 
 cdef int nhwc_backprop_sums(const floating* x, const floating* dy, Py_ssize_t R,
                             Py_ssize_t C, const floating* mh_w, bint checked, double* part,
+                            double* sdy, double* sdx, Py_ssize_t* head,
                             int nthreads) noexcept nogil:
-    # part is [nu, 2, k * C], nu = column_units(R); one share per thread
-    cdef Py_ssize_t nu = column_units(R), k = column_widen(C), W = column_widen(C) * C
-    cdef Py_ssize_t gw = column_grain(sizeof(floating)), ncg = ceil_div(W, gw)
-    cdef Py_ssize_t t, lo, hi, u
-    cdef bint quarters = column_quarters(R, C, sizeof(floating))
-    cdef int failed = 0
+    # part is [nu, 2, k * C], nu = column_units(R); one share per thread.
+    # The head[0] first row groups' sums are in sdy, sdx already (nhwc_share).
+    cdef int t, failed = 0
     for t in prange(nthreads, schedule='static', num_threads=nthreads):
-        lo = share_lo(nu * ncg, nthreads, t)
-        hi = share_lo(nu * ncg, nthreads, t + 1)
-        while lo < hi:
-            u = lo // ncg
-            if nhwc_backprop_piece(x, dy, R, C, k, nu, u, (lo - u * ncg) * gw,
-                                   min(W, (min(hi, (u + 1) * ncg) - u * ncg) * gw), mh_w,
-                                   quarters, checked, part) != 0:
-                failed += 1
-            lo = min(hi, (u + 1) * ncg)
+        if nhwc_share(False, x, dy, R, C, mh_w, checked, part, nthreads, t,
+                      sdy if t == 0 else NULL, sdx if t == 0 else NULL,
+                      head if t == 0 else NULL) != 0:
+            failed += 1
     return -1 if failed else 0
 
 
 cdef int nhwc_moments(const floating* x, Py_ssize_t R, Py_ssize_t C, bint checked,
-                      double* part, int nthreads) noexcept nogil:
-    # part is [nu, 2, k * C] (mean, M2 per column); one share per thread
-    cdef Py_ssize_t nu = column_units(R), k = column_widen(C), W = column_widen(C) * C
-    cdef Py_ssize_t gw = column_grain(sizeof(floating)), ncg = ceil_div(W, gw)
-    cdef Py_ssize_t t, lo, hi, u
-    cdef int failed = 0
+                      double* part, double* mean, double* m2, Py_ssize_t* head,
+                      int nthreads) noexcept nogil:
+    # part is [nu, 2, k * C] (mean, M2 per column); one share per thread.
+    # The head[0] first row groups are merged into mean, m2 already.
+    cdef int t, failed = 0
     for t in prange(nthreads, schedule='static', num_threads=nthreads):
-        lo = share_lo(nu * ncg, nthreads, t)
-        hi = share_lo(nu * ncg, nthreads, t + 1)
-        while lo < hi:
-            u = lo // ncg
-            if nhwc_moments_piece(x, R, C, k, nu, u, (lo - u * ncg) * gw,
-                                  min(W, (min(hi, (u + 1) * ncg) - u * ncg) * gw), checked,
-                                  part) != 0:
-                failed += 1
-            lo = min(hi, (u + 1) * ncg)
+        if nhwc_share(True, x, <const floating*>NULL, R, C, <const floating*>NULL, checked,
+                      part, nthreads, t, mean if t == 0 else NULL, m2 if t == 0 else NULL,
+                      head if t == 0 else NULL) != 0:
+            failed += 1
     return -1 if failed else 0

@@ -179,6 +179,38 @@ static inline void cbp_merge_into(double *mean, double *m2, ptrdiff_t sd, const 
     }
 }
 
+/* s1[j] += v1[j * sv], s2[j] += v2[j * sv] for m values: the combines' sums
+   of partial sums, each value in its own fixed order, so a vector loop gives
+   the bits of the scalar one. In C because Cython's loop through the
+   Combine struct reloaded its pointers after every store and ran scalar
+   (the row combine of 4096x1024 NHWC backprop sums took 9% of the call). */
+static inline void cbp_add_into(double *s1, double *s2, const double *v1, const double *v2,
+                                ptrdiff_t sv, ptrdiff_t m)
+{
+    ptrdiff_t j;
+    CBP_SIMD for (j = 0; j < m; j++) {
+        s1[j] = s1[j] + v1[j * sv];
+        s2[j] = s2[j] + v2[j * sv];
+    }
+}
+
+/* The same with each value first folded over k columns C apart (a fused
+   row's k pixels of a channel): f = ((0 + v[c]) + v[C + c]) + ...; s += f. */
+static inline void cbp_add_folded(double *s1, double *s2, const double *v1, const double *v2,
+                                  ptrdiff_t C, ptrdiff_t k, ptrdiff_t m)
+{
+    ptrdiff_t j, i;
+    CBP_SIMD for (j = 0; j < m; j++) {
+        double fa = 0.0, fb = 0.0;
+        for (i = 0; i < k; i++) {
+            fa = fa + v1[i * C + j];
+            fb = fb + v2[i * C + j];
+        }
+        s1[j] = s1[j] + fa;
+        s2[j] = s2[j] + fb;
+    }
+}
+
 /* Make this thread's streaming stores visible before it signals others. */
 static inline void cbp_store_fence(void)
 {
