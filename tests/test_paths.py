@@ -188,3 +188,61 @@ def test_plan_info_rejects_bad_arguments():
         cbp.plan_info((2, 3), layout="NCW")
     with pytest.raises(ValueError, match="num_threads"):
         cbp.plan_info((2, 3), num_threads=0)
+
+
+_STREAM_BITS_CODE = r"""
+import hashlib, json, sys
+import numpy as np
+import cbp
+out = {}
+for shape, dtype, off, nt in json.loads(sys.argv[1]):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[-1]
+    scale, bias = rng.standard_normal(C), rng.standard_normal(C)
+    buf = np.empty(x.size + 64, dtype=dtype)
+    first = (-(buf.ctypes.data // buf.itemsize) % (64 // buf.itemsize)) + off
+    o = buf[first:first + x.size].reshape(shape)
+    h = hashlib.sha256()
+    st = cbp.channel_stats(x, layout="NHWC", num_threads=nt)
+    inv = st.inv_std(1e-5)
+    for part in (cbp.batch_norm_backward(x, dy, st.mean, inv, scale, layout="NHWC", out=o,
+                                         num_threads=nt)
+                 + cbp.batch_norm_forward(x, scale, bias, layout="NHWC", out=o,
+                                          num_threads=nt)[:1]):
+        h.update(np.ascontiguousarray(part).tobytes())
+    ds, db = cbp.channel_backprop_stats(x, dy, st.mean, inv, layout="NHWC", num_threads=nt)
+    d2 = dy.copy()
+    cbp.batch_norm_dx(x, d2, st.mean, inv, scale, ds, db, x.size // C, layout="NHWC", out=d2,
+                      num_threads=nt)  # in place
+    h.update(d2.tobytes())
+    nts = {op: cbp.plan_info(shape, dtype=dtype, layout="NHWC", op=op,
+                             num_threads=nt)["streaming_stores"]
+           for op in ("batch_norm_backward", "batch_norm_forward", "batch_norm_dx")}
+    out[repr((shape, dtype, off, nt))] = [h.hexdigest(), nts]
+print(json.dumps(out))
+"""
+
+
+def test_streamed_row_sweeps_bitwise_equal_plain():
+    # the row sweeps write whole lines with streaming stores, also those that
+    # straddle two rows; the same arithmetic as plain stores, so the same bits.
+    # A small LLC makes these arrays stream, a large one keeps plain stores.
+    # Rows of 1028 and 2400 bytes (every row ends mid-line, at a new offset),
+    # outputs 0, 1 and 3 elements past a line, 1 to 3 threads (shares that
+    # start mid-row); all above 4 MiB, where the sweeps go one row at a time.
+    cases = [((4200, 257), "float32", 0, 1), ((4200, 257), "float32", 1, 2),
+             ((6, 26, 27, 256), "float32", 3, 3), ((2200, 300), "float64", 1, 1),
+             ((2200, 300), "float64", 0, 2)]
+    got = {}
+    for l3 in ("3M", "4G"):
+        env = dict(os.environ, CBP_CACHE_SIZES="l3=" + l3)
+        proc = subprocess.run([sys.executable, "-c", _STREAM_BITS_CODE, json.dumps(cases)],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        got[l3] = json.loads(proc.stdout)
+    for key, (digest, nts) in got["3M"].items():
+        plain_digest, plain_nts = got["4G"][key]
+        assert all(nts.values()) and not any(plain_nts.values()), (key, nts, plain_nts)
+        assert digest == plain_digest, key

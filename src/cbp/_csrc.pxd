@@ -75,6 +75,10 @@ cdef extern from "cbp_kernels.h" nogil:
                                            Py_ssize_t st, Py_ssize_t m, const void* mh,
                                            const void* a, const void* b,
                                            const void* k) noexcept
+    void flat_sweep_nt "cbp_flat_sweep_nt"(const void* x, const void* dy, void* out,
+                                           Py_ssize_t n, Py_ssize_t W, Py_ssize_t j,
+                                           const void* mh, const void* a, const void* b,
+                                           const void* k) noexcept
     void run_sweep "cbp_run_sweep"(const void* x, const void* dy, void* out, Py_ssize_t nc,
                                    Py_ssize_t S, const void* mh, const void* a, const void* b,
                                    const void* k) noexcept

@@ -90,6 +90,12 @@ cdef void sweep_rows_span(const floating* x, const floating* dy, floating* out,
     # span's whole rows (long rows from memory: four sequential streams).
     cdef Py_ssize_t r = e0 // W, j = e0 - (e0 // W) * W, m, nf, q, i
     cdef int rows
+    if nt and wcoef_w == NULL and not four and not quartered:
+        # one row at a time: the span is contiguous, and the lines that
+        # straddle two rows are streamed too
+        flat_sweep_nt(x + e0, NULL if dy == NULL else dy + e0, out + e0, e1 - e0, W, j,
+                      coef_w, coef_w + W, coef_w + 2 * W, coef_w + 3 * W)
+        return
     if j > 0:
         m = min(W - j, e1 - e0)
         sweep_row_piece(x + e0, NULL if dy == NULL else dy + e0, out + e0, 1, W, m, coef_w, W,

@@ -44,6 +44,7 @@ extern const cbp_kernels_f64 *cbp_active_f64;
 #define cbp_flush_sums(a, ...) (CBP_TABLE_OF(a)->flush_sums((a), __VA_ARGS__))
 #define cbp_rows_sweep(x, ...) (CBP_TABLE_OF(x)->rows_sweep((x), __VA_ARGS__))
 #define cbp_rows_sweep_nt(x, ...) (CBP_TABLE_OF(x)->rows_sweep_nt((x), __VA_ARGS__))
+#define cbp_flat_sweep_nt(x, ...) (CBP_TABLE_OF(x)->flat_sweep_nt((x), __VA_ARGS__))
 #define cbp_run_sweep(x, ...) (CBP_TABLE_OF(x)->run_sweep((x), __VA_ARGS__))
 #define cbp_run_sweep_nt(x, ...) (CBP_TABLE_OF(x)->run_sweep_nt((x), __VA_ARGS__))
 #define cbp_wide_sums(x, ...) (CBP_TABLE_OF(x)->wide_sums((x), __VA_ARGS__))

@@ -36,6 +36,10 @@ typedef struct {
                        const T *mh, const T *a, const T *b, const T *k);
     void (*rows_sweep_nt)(const T *x, const T *dy, T *out, int rows, ptrdiff_t st,
                           ptrdiff_t m, const T *mh, const T *a, const T *b, const T *k);
+    /* n consecutive elements of contiguous rows W wide, from column j on:
+       streaming stores also for the lines that straddle two rows. */
+    void (*flat_sweep_nt)(const T *x, const T *dy, T *out, ptrdiff_t n, ptrdiff_t W,
+                          ptrdiff_t j, const T *mh, const T *a, const T *b, const T *k);
     void (*run_sweep)(const T *x, const T *dy, T *out, ptrdiff_t nc, ptrdiff_t S,
                       const T *mh, const T *a, const T *b, const T *k);
     void (*run_sweep_nt)(const T *x, const T *dy, T *out, ptrdiff_t nc, ptrdiff_t S,

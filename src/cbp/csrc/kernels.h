@@ -31,6 +31,7 @@ const CBP_KERNELS CBP_TABLE = {
     .flush_sums = flush_sums,
     .rows_sweep = rows_sweep,
     .rows_sweep_nt = rows_sweep_nt,
+    .flat_sweep_nt = flat_sweep_nt,
     .run_sweep = run_sweep,
     .run_sweep_nt = run_sweep_nt,
     .wide_sums = wide_sums,
