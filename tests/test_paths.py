@@ -165,15 +165,26 @@ def test_plan_info_names_the_fused_paths():
         "nchw_short_plane_columns"
     nhwc = cbp.plan_info((32, 7, 7, 2048), layout="NHWC", op="batch_norm_dx")
     assert nhwc["kernel"] == "rows_sweep_four" and nhwc["reduction"] is None
-    # in cache, the dX sweep takes rows of 256 to 2047 elements one at a time;
-    # shorter rows and the affine map four per coefficient load
-    for op, C, sweep in [("batch_norm_dx", 256, "rows_sweep"),
-                         ("batch_norm_backward", 1024, "rows_sweep"),
-                         ("batch_norm_dx", 128, "rows_sweep_four"),
-                         ("batch_norm_inference", 256, "rows_sweep_four"),
-                         ("batch_norm_forward", 1024, "rows_sweep_four")]:
-        info = cbp.plan_info((16, 4, 4, C), layout="NHWC", op=op)
-        assert info["sweep"] == sweep, (op, C, info["sweep"])
+    # the sweeps fuse pixels into rows of at least 2 KiB, no more than the
+    # array holds, in multiples of the reductions' fused rows
+    for shape, dtype, k, ks in [((16, 4, 4, 64), "float32", 1, 8),
+                                ((16, 4, 4, 64), "float64", 1, 4),
+                                ((16, 4, 4, 20), "float32", 4, 28),
+                                ((16, 4, 4, 1024), "float32", 1, 1),
+                                ((1, 2, 3, 16), "float32", 4, 4)]:
+        info = cbp.plan_info(shape, dtype=dtype, layout="NHWC", op="batch_norm_dx")
+        assert (info["widen"], info["sweep_widen"]) == (k, ks), shape
+    # in cache, the dX sweep takes rows of 256 to 2047 elements one at a
+    # time; shorter rows (only in arrays too small to fuse more) and the
+    # affine map four per coefficient load
+    for op, shape, sweep in [("batch_norm_dx", (16, 4, 4, 256), "rows_sweep"),
+                             ("batch_norm_backward", (16, 4, 4, 1024), "rows_sweep"),
+                             ("batch_norm_dx", (16, 4, 4, 128), "rows_sweep"),
+                             ("batch_norm_dx", (1, 2, 3, 16), "rows_sweep_four"),
+                             ("batch_norm_inference", (16, 4, 4, 256), "rows_sweep_four"),
+                             ("batch_norm_forward", (16, 4, 4, 1024), "rows_sweep_four")]:
+        info = cbp.plan_info(shape, layout="NHWC", op=op)
+        assert info["sweep"] == sweep, (op, shape, info["sweep"])
     assert cbp.plan_info((4, 0, 3), op="channel_stats")["kernel"] == "empty"
 
 

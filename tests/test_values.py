@@ -318,8 +318,9 @@ def test_size_dependent_paths_all_functions(shape, dtype):
 
 
 # Outputs of 16 MiB or more are written with streaming stores in whole aligned
-# 64-byte lines, the rest of each plane or row with plain stores (NCHW planes
-# of at least 256 elements and 512 bytes, NHWC rows of at least 1 KiB).
+# 64-byte lines, the rest of each plane or span of rows with plain stores
+# (NCHW planes of at least 256 elements and 512 bytes; NHWC rows from a third
+# of the LLC, 11 MiB here).
 STREAM_CASES = [
     ((4, 17, 250, 251), np.float32, "NCHW"),  # planes that start mid-line
     ((8, 64, 64, 64), np.float64, "NCHW"),    # planes of whole lines

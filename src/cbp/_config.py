@@ -122,6 +122,8 @@ def plan_info(shape, *, dtype="float32", layout="NCHW", op="batch_norm_backward"
       ``blocks``: how many parallel loops the reduction runs, one after another; ``isa``: the active instruction set;
       ``streaming_stores``: whether the sweep writes with non-temporal stores;
       ``widen``: rows fused per row-kernel row (channels-last and 2-D data);
+      ``sweep_widen``: rows fused per row of the sweep there (rows of at
+      least 2 KiB; elementwise, so the width changes no bit);
       ``image_groups``: NCHW reductions' groups of images (a unit is one
       channel of an image group, or with ``plane_chunks`` > 1 one chunk of its
       planes); ``row_groups``: the row reductions' groups of rows (a unit is 64

@@ -31,9 +31,9 @@ cdef extern from "cbp_tuning.h":
         BLOCK_UNITS "CBP_BLOCK_UNITS"
         GRAIN_ELEMS "CBP_GRAIN_ELEMS"
         NT_PLANE_BYTES "CBP_NT_PLANE_BYTES"
-        NT_ROW_BYTES "CBP_NT_ROW_BYTES"
         NT_PLANE_ELEMS "CBP_NT_PLANE_ELEMS"
         SWEEP_FOUR_W "CBP_SWEEP_FOUR_W"
+        SWEEP_ROW_BYTES "CBP_SWEEP_ROW_BYTES"
 
 cdef extern from "cbp_tuning.h" nogil:
     # the sizes that follow the last-level cache

@@ -364,9 +364,9 @@ cdef int nchw_sweep_w(const floating* x, const floating* dy, floating* out, Py_s
 cdef void nhwc_sweep_w(const floating* x, const floating* dy, floating* out, Py_ssize_t R,
                        Py_ssize_t C, const floating* coef, floating* coef_w, WideCoef* w,
                        int nthreads) noexcept nogil:
-    # coef [4, C] tiled into coef_w; with any channel flagged, every row is
-    # swept from the tiled float64 coefficients
-    cdef Py_ssize_t k = column_widen(C)
+    # coef [4, C] tiled into coef_w ([4, sweep_widen * C]); with any channel
+    # flagged, every row is swept from the tiled float64 coefficients
+    cdef Py_ssize_t k = sweep_widen(R, C, sizeof(floating))
     tile_coef(coef, C, k, coef_w)
     if w.any:
         tile_coef(<const double*>w.coef, C, k, w.coef_w)
@@ -383,6 +383,7 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
     """Per-channel (dscale, dbias); with out != NULL also dx (fused)."""
     cdef PlanePlan p
     cdef Py_ssize_t nparts, k = column_widen(C), c0, c1, c, b, head = 0
+    cdef Py_ssize_t ks = sweep_widen(N, C, sizeof(floating))
     cdef bint settled
     cdef double* part
     cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
@@ -394,9 +395,9 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
         nparts = p.ng * p.nsc
     else:
         nparts = column_units(N) * k
-        coef_w = <floating*>malloc(4 * k * C * sizeof(floating))
+        coef_w = <floating*>malloc(4 * ks * C * sizeof(floating))
     part = <double*>malloc(2 * nparts * C * sizeof(double))
-    rc = wide_alloc(&w, C, k, S == 1)
+    rc = wide_alloc(&w, C, ks, S == 1)
     if coef == NULL or part == NULL or (S == 1 and coef_w == NULL) or rc != 0:
         free(coef)
         free(coef_w)
@@ -437,7 +438,7 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
                     break
             c0 = c1
     else:
-        tile_coef(coef, C, k, coef_w)
+        tile_coef(coef, C, ks, coef_w)  # the reduction reads row 0, mean_hi
         rc = nhwc_backprop_sums(x, dy, N, C, coef_w, False, part, dbias, dscale, &head,
                                 nthreads)
         if rc == 0:
@@ -469,7 +470,7 @@ cdef int sweep_driver(const floating* x, const floating* dy, floating* out, Py_s
                       Py_ssize_t C, Py_ssize_t S, const floating* coef, WideCoef* w,
                       int nthreads) noexcept nogil:
     """One sweep over the whole block from per-channel coefficients (dy == NULL: affine)."""
-    cdef Py_ssize_t k = column_widen(C)
+    cdef Py_ssize_t k = sweep_widen(N, C, sizeof(floating))
     cdef floating* coef_w
     cdef PlanePlan p
     if S > 1:
@@ -491,7 +492,7 @@ cdef int dx_driver(const floating* x, const floating* dy, floating* out, Py_ssiz
     cdef int rc
     cdef WideCoef w
     cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
-    if coef == NULL or wide_alloc(&w, C, column_widen(C), S == 1) != 0:
+    if coef == NULL or wide_alloc(&w, C, sweep_widen(N, C, sizeof(floating)), S == 1) != 0:
         free(coef)
         wide_free(&w)
         return -1
@@ -511,6 +512,7 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
     """Per-channel (mean, M2); with out != NULL also inv_std and y (fused)."""
     cdef PlanePlan p
     cdef Py_ssize_t nparts, k = column_widen(C), c0, c1, c, b, head = 0
+    cdef Py_ssize_t ks = sweep_widen(N, C, sizeof(floating))
     cdef bint settled
     cdef double* part
     cdef floating* coef = NULL
@@ -529,8 +531,8 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
     if out != NULL:
         coef = <floating*>malloc(4 * C * sizeof(floating))
         if S == 1:
-            coef_w = <floating*>malloc(4 * k * C * sizeof(floating))
-        rc = wide_alloc(&w, C, k, S == 1)
+            coef_w = <floating*>malloc(4 * ks * C * sizeof(floating))
+        rc = wide_alloc(&w, C, ks, S == 1)
     if part == NULL or rc != 0 or (out != NULL and (coef == NULL or (S == 1 and coef_w == NULL))):
         free(part)
         free(coef)
@@ -600,7 +602,7 @@ cdef int affine_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize_
     cdef int rc
     cdef WideCoef w
     cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
-    if coef == NULL or wide_alloc(&w, C, column_widen(C), S == 1) != 0:
+    if coef == NULL or wide_alloc(&w, C, sweep_widen(N, C, sizeof(floating)), S == 1) != 0:
         free(coef)
         wide_free(&w)
         return -1

@@ -180,22 +180,36 @@ cdef inline bint nchw_streams(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
             and S * itemsize >= NT_PLANE_BYTES and S >= NT_PLANE_ELEMS)
 
 
+cdef inline Py_ssize_t sweep_widen(Py_ssize_t R, Py_ssize_t C,
+                                   Py_ssize_t itemsize) noexcept nogil:
+    # pixels per row of the NHWC sweeps over R pixels: rows of at least
+    # SWEEP_ROW_BYTES, but not more rows' worth than the array has (tiling
+    # the coefficients wider would cost a tiny call more than its sweep); a
+    # multiple of the reductions' column_widen, so their mean_hi row is a
+    # prefix of the sweeps' tiled one
+    cdef Py_ssize_t k = column_widen(C)
+    return k * max(1, min(ceil_div(SWEEP_ROW_BYTES, k * C * itemsize), R // k))
+
+
 cdef inline bint rows_streams(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize) noexcept nogil:
-    # streaming stores for the row sweeps (rows fused to column_widen(C) * C)
-    return (CBP_HAVE_NT and R * C * itemsize >= _nt_rows_bytes
-            and column_widen(C) * C * itemsize >= NT_ROW_BYTES)
+    # streaming stores for the row sweeps (rows of sweep_widen(R, C) * C,
+    # every line streamed, also those across two rows: flat_sweep_nt)
+    return CBP_HAVE_NT and R * C * itemsize >= _nt_rows_bytes
 
 
 cdef inline bint rows_sweep_four(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize,
                                  bint dx) noexcept nogil:
-    # four rows per coefficient load in the NHWC sweeps (schedule only): the
-    # dX sweep (dx) not on rows of SWEEP_FOUR_W to QUARTER_W elements
-    if dx and SWEEP_FOUR_W <= column_widen(C) * C < QUARTER_W:
+    # four rows per coefficient load in the NHWC sweeps (schedule only): rows
+    # of QUARTER_W elements or more, or an array in cache (QUARTER_BYTES);
+    # the dX sweep not on rows of SWEEP_FOUR_W to QUARTER_W elements
+    cdef Py_ssize_t W = sweep_widen(R, C, itemsize) * C
+    if dx and SWEEP_FOUR_W <= W < QUARTER_W:
         return False
-    return column_quarters(R, C, itemsize)
+    return W >= QUARTER_W or R * C * itemsize <= QUARTER_BYTES
 
 
 cdef inline bint rows_sweep_quartered(Py_ssize_t R, Py_ssize_t C,
                                       Py_ssize_t itemsize) noexcept nogil:
     # long rows over more than a last-level cache: four quarters of a unit per step
-    return C * column_widen(C) >= QUARTER_W and R * C * itemsize > _sweep_quarter_bytes
+    return (sweep_widen(R, C, itemsize) * C >= QUARTER_W
+            and R * C * itemsize > _sweep_quarter_bytes)

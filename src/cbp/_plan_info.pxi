@@ -117,8 +117,8 @@ def describe_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize,
             sname = "nchw_plane_units" if fused and not p.cols else "nchw_planes"
             streams = nchw_streams(N, C, S, itemsize)
         else:
-            k = column_widen(C)
-            info["widen"] = k
+            info["widen"] = column_widen(C)
+            info["sweep_widen"] = sweep_widen(N, C, itemsize)
             if rows_sweep_quartered(N, C, itemsize):
                 sname = "rows_sweep_quartered"
             else:

@@ -199,10 +199,10 @@ cdef void nhwc_sweep(const floating* x, const floating* dy, floating* out, Py_ss
                      int nthreads) noexcept nogil:
     """dX (or, with dy == NULL, the affine map) over R rows of C channels.
 
-    Rows are fused k at a time (column_widen); coef_w is [4, k * C]. Threads
+    Rows are fused k at a time (sweep_widen); coef_w is [4, k * C]. Threads
     take shares of SWEEP_UNIT_ELEMS runs in memory order. With wcoef_w
     ([4, k * C] float64, or NULL), every row is swept from it (csrc/wide.h)."""
-    cdef Py_ssize_t W = column_widen(C) * C, total = R * C
+    cdef Py_ssize_t W = sweep_widen(R, C, sizeof(floating)) * C, total = R * C
     cdef Py_ssize_t nu = ceil_div(R * C, SWEEP_UNIT_ELEMS), t, lo, hi
     # Four rows per coefficient load where the coefficients outgrow L1
     # (W >= 2048) or the array stays in cache (for dX only on rows shorter

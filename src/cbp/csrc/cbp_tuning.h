@@ -158,16 +158,24 @@
    issue (benchmarks/README.md). */
 #define CBP_SWEEP_FOUR_W 256
 
+/* NHWC sweeps fuse consecutive pixels into rows of at least this many bytes
+   (coefficients tiled to match): a sweep is elementwise, so its row width
+   changes no bit, only the calls per element. Rows of 2 KiB streamed from
+   memory took 0.76x-0.84x the time of the forward and backward sweeps of
+   rows of 256 bytes and 0.91x of 1 KiB (32x64x112x112, 8x32x32x64x64,
+   32x256x56x56 NHWC), which had kept plain stores below 1 KiB; in cache
+   0.96x-1.04x. Chosen by: the sweep-width A/B of the performance issue
+   (benchmarks/README.md). */
+#define CBP_SWEEP_ROW_BYTES 2048
+
 /* NHWC sweeps over arrays larger than the LLC take long rows from four
    quarters of a unit (0.88x the time on 256x2048x7x7, 1.13x on 32x2048x7x7,
    which stays in L3). Chosen by: 635b36c. */
 #define CBP_SWEEP_QUARTER_OF(llc) (llc)
 
 /* Outputs of at least half the LLC are written with streaming stores: with
-   x and dy beside them they outgrow it. NCHW planes and NHWC (fused) rows of
-   fewer bytes keep plain stores (rows of 256 bytes measured 1.2x slower
-   streamed, rows of 1 KiB 0.9x the time). Chosen by: 2026-11-22-streaming.md
-   (16 MiB on 32 MiB). */
+   x and dy beside them they outgrow it. NCHW planes of fewer bytes keep
+   plain stores. Chosen by: 2026-11-22-streaming.md (16 MiB on 32 MiB). */
 #define CBP_NT_STORE_OF(llc) ((llc) / 2)
 /* NHWC and 2-D row sweeps stream from a third of the LLC, where x, dy and
    the output together outgrow it: 0.77x-0.91x the time of plain stores for
@@ -178,7 +186,6 @@
    issue (benchmarks/README.md). */
 #define CBP_NT_ROWS_OF(llc) ((llc) / 3)
 #define CBP_NT_PLANE_BYTES 512
-#define CBP_NT_ROW_BYTES 1024
 /* ... and NCHW planes of fewer elements keep plain stores too: a streamed
    plane costs a head, a tail and a call more than a plain one, which planes
    of 196 and 225 elements did not repay (14x14 float32 and float64, 15x15:
