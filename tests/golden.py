@@ -61,9 +61,11 @@ CASES = [
     ((3, 3, 33, 35), "NHWC", "float32", None),
     ((2, 3, 4, 17, 19), "NHWC", "float64", None),
     ((50, 200), "NCHW", "float32", None),
-    # row orders chosen by width and size: four quarters (>= 2048 wide), one row
-    # at a time (> 4 MiB of shorter rows), widened rows over 4 MiB
+    # row orders chosen by width and size: four quarters (rows of >= 8 KiB, in
+    # cache and over 4 MiB), one row at a time (> 4 MiB of shorter rows),
+    # widened rows over 4 MiB
     ((9, 2050), "NCHW", "float64", None),
+    ((600, 1030), "NCHW", "float64", None),
     ((1100, 1024), "NCHW", "float32", None),
     ((16, 3, 150, 150), "NHWC", "float32", None),
     # streaming stores (outputs of >= 16 MiB): planes starting mid-line, planes of

@@ -185,6 +185,17 @@ def test_plan_info_names_the_fused_paths():
                              ("batch_norm_forward", (16, 4, 4, 1024), "rows_sweep_four")]:
         info = cbp.plan_info(shape, layout="NHWC", op=op)
         assert info["sweep"] == sweep, (op, shape, info["sweep"])
+    # backprop sums over more than 4 MiB take four quarters per step on rows of
+    # at least 8 KiB, whatever the dtype (the order is fixed in bytes)
+    for shape, dtype, kernel in [((600, 1030), "float64", "rows_quartered"),
+                                 ((600, 1020), "float64", "rows"),
+                                 ((1100, 2048), "float32", "rows_quartered"),
+                                 ((1100, 2040), "float32", "rows"),
+                                 ((64, 14, 14, 1024), "float64", "rows_quartered"),
+                                 ((64, 14, 14, 1024), "float32", "rows")]:
+        layout = "NHWC" if len(shape) == 4 else "NCHW"
+        info = cbp.plan_info(shape, dtype=dtype, layout=layout, op="channel_backprop_stats")
+        assert info["kernel"] == kernel, (shape, dtype, info["kernel"])
     assert cbp.plan_info((4, 0, 3), op="channel_stats")["kernel"] == "empty"
 
 

@@ -304,8 +304,9 @@ def test_medium_shapes_all_functions(shape, layout, dtype):
 # The row kernels pick their row order by row width and array size; which
 # path each case takes is asserted in tests/test_paths.py (cbp.plan_info).
 SIZE_PATH_CASES = [
-    ((9, 2050), np.float64),          # rows >= 2048: four quarters, plus leftover rows
-    ((1100, 1024), np.float32),       # > 4 MiB of rows < 2048: one row at a time
+    ((9, 2050), np.float64),          # rows >= 8 KiB: four quarters, plus leftover rows
+    ((1100, 1024), np.float32),       # > 4 MiB of rows < 8 KiB: one row at a time
+    ((600, 1030), np.float64),        # > 4 MiB of rows >= 8 KiB: four quarters
     ((16, 3, 150, 150), np.float32),  # NHWC > 4 MiB of widened rows (22 pixels of 3)
     ((4225, 2048), np.float32),       # > 32 MiB of long rows: quartered sweeps too
 ]

@@ -121,7 +121,8 @@ cdef inline Py_ssize_t column_grain(Py_ssize_t itemsize) noexcept nogil:
 
 
 cdef inline bint column_quarters(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize) noexcept nogil:
-    return C * column_widen(C) >= QUARTER_W or R * C * itemsize <= QUARTER_BYTES
+    return (C * column_widen(C) * itemsize >= QUARTER_ROW_BYTES
+            or R * C * itemsize <= QUARTER_BYTES)
 
 
 cdef inline Py_ssize_t column_widen(Py_ssize_t C) noexcept nogil:
@@ -200,16 +201,16 @@ cdef inline bint rows_streams(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize) n
 cdef inline bint rows_sweep_four(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize,
                                  bint dx) noexcept nogil:
     # four rows per coefficient load in the NHWC sweeps (schedule only): rows
-    # of QUARTER_W elements or more, or an array in cache (QUARTER_BYTES);
-    # the dX sweep not on rows of SWEEP_FOUR_W to QUARTER_W elements
+    # of SWEEP_QUARTER_W elements or more, or an array in cache (QUARTER_BYTES);
+    # the dX sweep not on rows of SWEEP_FOUR_W to SWEEP_QUARTER_W elements
     cdef Py_ssize_t W = sweep_widen(R, C, itemsize) * C
-    if dx and SWEEP_FOUR_W <= W < QUARTER_W:
+    if dx and SWEEP_FOUR_W <= W < SWEEP_QUARTER_W:
         return False
-    return W >= QUARTER_W or R * C * itemsize <= QUARTER_BYTES
+    return W >= SWEEP_QUARTER_W or R * C * itemsize <= QUARTER_BYTES
 
 
 cdef inline bint rows_sweep_quartered(Py_ssize_t R, Py_ssize_t C,
                                       Py_ssize_t itemsize) noexcept nogil:
     # long rows over more than a last-level cache: four quarters of a unit per step
-    return (sweep_widen(R, C, itemsize) * C >= QUARTER_W
+    return (sweep_widen(R, C, itemsize) * C >= SWEEP_QUARTER_W
             and R * C * itemsize > _sweep_quarter_bytes)

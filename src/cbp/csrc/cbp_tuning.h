@@ -89,12 +89,19 @@
 #define CBP_SHORT_PLANE_BACKPROP 2
 
 /* Column backprop sums add four rows per step from the four quarters of a
-   unit on rows of at least QUARTER_W elements, and on arrays of at most
-   QUARTER_BYTES (in cache); otherwise one row at a time (eight streams of
-   shorter rows from memory measured 1.06x-1.15x slower than two). The NHWC
-   sweeps use the same test for their four-row coefficient loads (schedule
-   only). Chosen by: a1fbacd, 635b36c. */
-#define CBP_QUARTER_W 2048
+   unit on rows of at least QUARTER_ROW_BYTES, and on arrays of at most
+   QUARTER_BYTES (in cache); otherwise one row at a time. The row's float
+   accumulators and shifts (three rows' worth) stay in a 32 KiB L1d beside
+   the x and dy rows up to rows of 4 KiB; from 8 KiB they are evicted on
+   every row, and four rows per accumulator load measured 0.54x-0.68x the
+   time of one (float64 with C = 1024 and 1536: 2-D 4096 rows, 32x1024x14x14
+   and 64x1024x7x7 NHWC, one and two threads). On rows of 4 KiB the eight
+   streams from memory measured 1.19x-1.24x slower than two with one thread
+   (0.75x-0.86x with two), and 1.06x-1.15x on shorter rows. Fixed in bytes,
+   not from the detected L1d, because it decides the bits. Chosen by:
+   a1fbacd, 635b36c; the quarter-row A/B of the performance issue
+   (benchmarks/README.md). */
+#define CBP_QUARTER_ROW_BYTES 8192
 #define CBP_QUARTER_BYTES 4194304
 
 /* Sums of n float32 products or squares smaller than n times this are
@@ -147,9 +154,15 @@
    performance issue. */
 #define CBP_BLOCK_UNITS 10
 
+/* The NHWC sweeps step four rows per coefficient load on rows of at least
+   SWEEP_QUARTER_W elements (and on arrays in cache, QUARTER_BYTES), and take
+   those rows from four quarters of a unit beyond the LLC
+   (SWEEP_QUARTER_OF). Chosen by: a1fbacd, 635b36c. */
+#define CBP_SWEEP_QUARTER_W 2048
+
 /* The NHWC dX sweep of an array in cache (QUARTER_BYTES) steps four rows
    per coefficient load only on rows shorter than SWEEP_FOUR_W elements (or
-   of at least QUARTER_W): its four-row loop has 16 address streams, more
+   of at least SWEEP_QUARTER_W): its four-row loop has 16 address streams, more
    than x86-64's registers, and on rows of 256 to 1024 elements its spills
    cost more than the saved loads (one row at a time measured 0.57x-0.93x
    the time of dx and backward on 256x1024, 16x256x14x14, 4x512x14x14,
