@@ -458,6 +458,46 @@ def test_mean_offset_stats(dtype, offset, shape, rtol, layout):
     np.testing.assert_allclose(st.inv_std(1e-5), 1 / np.sqrt(var + 1e-5), rtol=rtol)
 
 
+def _drifting_rows(kind, R, C, rng):
+    """Rows whose running mean is a poor shift for later blocks of rows."""
+    z = rng.standard_normal((R, C))
+    if kind == "first block far":   # the first 32 rows of two row groups 300 std away
+        z[:32] += 300.0
+        z[R // 64:R // 64 + 32] -= 300.0
+    elif kind == "step":            # the second half 1000 std away
+        z[R // 2:] += 1e3
+    elif kind == "trend":           # the mean drifts by 1000 std over the rows
+        z += np.linspace(0.0, 1e3, R)[:, None]
+    elif kind == "sorted":          # each column in increasing order, |mean| = 500 std
+        z = np.sort(z, axis=0) + 500.0
+    return z
+
+
+@pytest.mark.parametrize("kind", ["first block far", "step", "trend", "sorted"])
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-6), (np.float64, 1e-12)],
+                         ids=["float32", "float64"])
+@pytest.mark.parametrize("shape,layout", [((40000, 48), "NCHW"), ((50, 300, 20, 20), "NHWC"),
+                                          ((64, 30, 7, 7), "NCHW")],
+                         ids=["2-D", "NHWC", "NCHW-7x7"])
+def test_moments_of_drifting_rows(kind, dtype, rtol, shape, layout):
+    # Row moments sum each block after the first about the running mean of the
+    # rows before it; Chan's merge bounds that error by a few float ulps of the
+    # total M2 (_nhwc_reduce.pxi), whatever the blocks' means do.
+    rng = np.random.default_rng(31)
+    shp = layout_shape(shape, layout)
+    z = _drifting_rows(kind, int(np.prod(shp)) // shape[1], shape[1], rng)
+    if layout == "NCHW" and len(shape) == 4:
+        # rows are images here: drift over the batch, same in every pixel
+        z = _drifting_rows(kind, shape[0], shape[1] * shape[2] * shape[3], rng)
+    x = z.reshape(shp).astype(dtype)
+    for num_threads in (1, 2):
+        st = cbp.channel_stats(x, layout=layout, num_threads=num_threads)
+        count, mean, var, m2 = ref.channel_stats(x, layout)
+        np.testing.assert_allclose(st.var, var, rtol=rtol)
+        np.testing.assert_allclose(st.mean, mean, rtol=0,
+                                   atol=rtol * (np.abs(mean) + np.sqrt(var)).max())
+
+
 @pytest.mark.parametrize("dtype,offset,shape,rtol", OFFSET_CASES,
                          ids=lambda v: str(v) if not isinstance(v, type) else np.dtype(v).name)
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -66,6 +66,7 @@ cdef extern from "cbp_kernels.h" nogil:
                                        double* mean, double* m2, Py_ssize_t m, double n_a,
                                        double nb) noexcept
     void block_shift "cbp_block_shift"(void* a, Py_ssize_t m, double nb) noexcept
+    void mean_shift "cbp_mean_shift"(void* s, const double* mean, Py_ssize_t m) noexcept
     void flush_sums "cbp_flush_sums"(void* a, void* b, double* s1, double* s2,
                                      Py_ssize_t m) noexcept
     # elementwise sweeps (csrc/sweep.h); dy == NULL: the affine map

@@ -197,13 +197,23 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
     # nrows, or nrows - 1 for j >= last_w (only the last row is short: rows
     # at or past `full`). `full` and `four` are the row group's, as in
     # column_backprop, whatever columns of it this call sums.
-    # Corrected two-pass moments per block of ROW_FLUSH rows (the block stays
-    # in L2 for the second pass) about a per-column shift, merged with Chan's
-    # formula. With quarters, the first blocks take their rows from the four
-    # quarters of the q = full // 4 first full rows, four per step as in
+    # Moments per block of ROW_FLUSH rows about a per-column shift, merged
+    # into the running (mean, M2) with Chan's formula. The first block is
+    # summed in two passes about its own mean (the second pass from cache);
+    # every later block in one pass about the running mean of the rows
+    # before it, which keeps memory streaming (two passes per block took up
+    # to 2x the time of one read sweep). That shift costs no accuracy: a
+    # block's float sums err by about gamma * (M2_b + nb * delta^2), delta
+    # its mean's distance from the shift, and Chan's merge adds
+    # nb * delta^2 * n_a / (n_a + nb) >= nb * delta^2 / 2 of it into the
+    # total M2 (n_a >= nb rows came before), so the error stays below
+    # 3 * gamma of the total M2 for any data.
+    # With quarters, the first blocks take their rows from the four quarters
+    # of the q = full // 4 first full rows, four per step as in
     # column_backprop (NHWC: 0.75x-0.95x the time with one thread, 0.9x-1.04x
-    # with two; NCHW short planes, whose rows are far apart anyway: 1.07x-1.37x,
-    # so not there); the remaining rows follow in blocks of their own.
+    # with two; NCHW short planes, whose rows are far apart anyway:
+    # 1.07x-1.37x, so not there); the remaining rows follow in blocks of
+    # their own.
     cdef Py_ssize_t span = W * sizeof(floating) + 4096
     cdef char* raw = <char*>malloc(3 * span)
     cdef floating* a
@@ -211,13 +221,14 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
     cdef floating* bh
     cdef Py_ssize_t i = 0, i1, r, j, k
     cdef double nb
-    # First pass of the other blocks (from memory): four adjacent rows at a
-    # time where rows are apart or short (measured 1.3x to 1.6x faster there);
-    # one at a time along contiguous rows of >= 128 elements, where four short
-    # streams in one 4 KiB page starve the hardware prefetcher (1.3x to 1.6x
-    # slower). The second pass re-reads the block from cache: always four rows
-    # at a time (each accumulator loaded and stored once per four rows, 1.2x
-    # faster). The caller decides `four` (row_moments_four).
+    # Passes from memory (one-pass blocks, the first block's first pass):
+    # four adjacent rows at a time where rows are apart or short (measured
+    # 1.3x to 1.6x faster there); one at a time along contiguous rows of
+    # >= 128 elements, where four short streams in one 4 KiB page starve the
+    # hardware prefetcher (1.3x to 1.6x slower). The first block's second
+    # pass re-reads it from cache: four rows at a time (each accumulator
+    # loaded and stored once per four rows, 1.2x faster). The caller decides
+    # `four` (row_moments_four).
     cdef Py_ssize_t q = full // 4 if quarters else 0
     if raw == NULL:
         return -1
@@ -230,12 +241,16 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
         i1 = min(q, i + ROW_FLUSH // 4)
         nb = <double>(4 * (i1 - i))
         for j in range(W):
-            bh[j] = 0
             a[j] = 0
             b[j] = 0
-        for r in range(i, i1):
-            rows_sum(x + r * stride, 4, q * stride, bh, W)
-        block_shift(bh, W, nb)
+        if i > 0:
+            mean_shift(bh, colstats, W)
+        else:
+            for j in range(W):
+                bh[j] = 0
+            for r in range(i, i1):
+                rows_sum(x + r * stride, 4, q * stride, bh, W)
+            block_shift(bh, W, nb)
         for r in range(i, i1):
             rows_shifted(x + r * stride, 4, q * stride, bh, a, b, W)
         merge_block(a, b, bh, colstats, colstats + W, W, <double>(4 * i), nb)
@@ -245,25 +260,33 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
         i1 = min(nrows, i + ROW_FLUSH)
         nb = <double>(i1 - i)
         for j in range(W):
-            bh[j] = 0
-        r = i
-        while r < i1:
-            k = rows_step(r, i1, full) if four else 1
-            rows_sum(x + r * stride, k, stride, bh, W if r < full else last_w)
-            r = r + k
-        if i1 == nrows:
-            block_shift(bh, last_w, nb)
-            block_shift(bh + last_w, W - last_w, nb - 1)
-        else:
-            block_shift(bh, W, nb)
-        for j in range(W):
             a[j] = 0
             b[j] = 0
-        r = i
-        while r < i1:
-            k = rows_step(r, i1, full)
-            rows_shifted(x + r * stride, k, stride, bh, a, b, W if r < full else last_w)
-            r = r + k
+        if i > 0:
+            mean_shift(bh, colstats, W)
+            r = i
+            while r < i1:
+                k = rows_step(r, i1, full) if four else 1
+                rows_shifted(x + r * stride, k, stride, bh, a, b, W if r < full else last_w)
+                r = r + k
+        else:
+            for j in range(W):
+                bh[j] = 0
+            r = i
+            while r < i1:
+                k = rows_step(r, i1, full) if four else 1
+                rows_sum(x + r * stride, k, stride, bh, W if r < full else last_w)
+                r = r + k
+            if i1 == nrows:
+                block_shift(bh, last_w, nb)
+                block_shift(bh + last_w, W - last_w, nb - 1)
+            else:
+                block_shift(bh, W, nb)
+            r = i
+            while r < i1:
+                k = rows_step(r, i1, full)
+                rows_shifted(x + r * stride, k, stride, bh, a, b, W if r < full else last_w)
+                r = r + k
         if i1 == nrows:
             merge_block(a, b, bh, colstats, colstats + W, last_w, <double>i, nb)
             merge_block(a + last_w, b + last_w, bh + last_w, colstats + last_w,

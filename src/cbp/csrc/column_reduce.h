@@ -124,6 +124,14 @@ static CBP_TARGET void merge_block(const T *a, const T *b, const T *shift, doubl
     }
 }
 
+/* s := mean rounded to T: the per-column shift of a block summed in one
+   pass, from the running mean of the rows before it. */
+static CBP_TARGET void mean_shift(T *s, const double *mean, ptrdiff_t m)
+{
+    ptrdiff_t j;
+    CBP_SIMD for (j = 0; j < m; j++) s[j] = (T)mean[j];
+}
+
 /* a := a / nb rounded to T: the per-column shift of a block's second pass. */
 static CBP_TARGET void block_shift(T *a, ptrdiff_t m, double nb)
 {

@@ -26,6 +26,8 @@ typedef struct {
     void (*merge_block)(const T *a, const T *b, const T *shift, double *mean, double *m2,
                         ptrdiff_t m, double n_a, double nb);
     void (*block_shift)(T *a, ptrdiff_t m, double nb);
+    /* One-pass blocks: the shift from the running mean. */
+    void (*mean_shift)(T *s, const double *mean, ptrdiff_t m);
     /* A block's backprop accumulators added into float64 sums, then cleared. */
     void (*flush_sums)(T *a, T *b, double *s1, double *s2, ptrdiff_t m);
 

@@ -28,6 +28,7 @@ const CBP_KERNELS CBP_TABLE = {
     .rows4_shifted = rows4_shifted,
     .merge_block = merge_block,
     .block_shift = block_shift,
+    .mean_shift = mean_shift,
     .flush_sums = flush_sums,
     .rows_sweep = rows_sweep,
     .rows_sweep_nt = rows_sweep_nt,
