@@ -25,7 +25,7 @@ OPS = ["channel_stats", "channel_backprop_stats", "batch_norm_dx", "batch_norm_b
 
 # (part, name, streaming stores): every path of the reductions and sweeps
 REDUCTIONS = {"nchw_plane", "nchw_plane_cache_blocked", "nchw_short_plane_columns", "rows",
-              "rows_quartered"}
+              "rows_quartered", "rows_eighths"}
 SWEEPS = {(s, nt) for s in ("nchw_plane_units", "nchw_planes", "rows_sweep",
                             "rows_sweep_four") for nt in (False, True)}
 SWEEPS.add(("rows_sweep_quartered", True))  # only over 32 MiB, so always streamed
@@ -195,6 +195,14 @@ def test_plan_info_names_the_fused_paths():
                                  ((64, 14, 14, 1024), "float32", "rows")]:
         layout = "NHWC" if len(shape) == 4 else "NCHW"
         info = cbp.plan_info(shape, dtype=dtype, layout=layout, op="channel_backprop_stats")
+        assert info["kernel"] == kernel, (shape, dtype, info["kernel"])
+    # the row moments step through eight parts of a row group on rows of 8 KiB
+    for shape, dtype, kernel in [((100, 2048), "float32", "rows_eighths"),
+                                 ((100, 2047), "float32", "rows_quartered"),
+                                 ((100, 1024), "float64", "rows_eighths"),
+                                 ((4, 4, 4, 1023), "float64", "rows_quartered")]:
+        layout = "NHWC" if len(shape) == 4 else "NCHW"
+        info = cbp.plan_info(shape, dtype=dtype, layout=layout, op="channel_stats")
         assert info["kernel"] == kernel, (shape, dtype, info["kernel"])
     assert cbp.plan_info((4, 0, 3), op="channel_stats")["kernel"] == "empty"
 

@@ -23,6 +23,7 @@ cdef extern from "cbp_tuning.h":
         QUARTER_ROW_BYTES "CBP_QUARTER_ROW_BYTES"
         SWEEP_QUARTER_W "CBP_SWEEP_QUARTER_W"
         QUARTER_BYTES "CBP_QUARTER_BYTES"
+        EIGHTH_ROW_BYTES "CBP_EIGHTH_ROW_BYTES"
     double F32_TINY "CBP_F32_TINY"
     # SCHEDULE constants (speed only)
     enum:
@@ -61,6 +62,9 @@ cdef extern from "cbp_kernels.h" nogil:
     void row_shifted "cbp_row_shifted"(const void* x, const void* shift, void* a, void* b,
                                        Py_ssize_t m) noexcept
     void rows4_shifted "cbp_rows4_shifted"(const void* x, Py_ssize_t st, const void* shift,
+                                           void* a, void* b, Py_ssize_t m) noexcept
+    void rows8_sum "cbp_rows8_sum"(const void* x, Py_ssize_t st, void* a, Py_ssize_t m) noexcept
+    void rows8_shifted "cbp_rows8_shifted"(const void* x, Py_ssize_t st, const void* shift,
                                            void* a, void* b, Py_ssize_t m) noexcept
     void merge_block "cbp_merge_block"(const void* a, const void* b, const void* shift,
                                        double* mean, double* m2, Py_ssize_t m, double n_a,

@@ -141,7 +141,7 @@ cdef int nchw_moments_piece(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ss
         cs = <double*>malloc(2 * W * sizeof(double))
         if cs == NULL:
             return -1
-        if column_moments(x + (n0 * C + b0) * S, n1 - n0, C * S, W, W, n1 - n0, False,
+        if column_moments(x + (n0 * C + b0) * S, n1 - n0, C * S, W, W, n1 - n0, 0,
                           p.four, checked, cs) != 0:
             free(cs)
             return -1

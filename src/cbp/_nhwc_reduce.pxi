@@ -16,7 +16,8 @@
 # twins, merge_block and block_shift in csrc/column_reduce.h.
 
 
-# rows_*(..., rows, stride, ...): add `rows` (1 or 4) rows into the accumulators.
+# rows_*(..., rows, stride, ...): add `rows` (1, 4, or 8 for the moments) rows
+# into the accumulators.
 
 cdef inline void rows_backprop(const floating* x, const floating* dy, Py_ssize_t rows,
                                Py_ssize_t st, const floating* mh, floating* a, floating* b,
@@ -29,7 +30,9 @@ cdef inline void rows_backprop(const floating* x, const floating* dy, Py_ssize_t
 
 cdef inline void rows_sum(const floating* x, Py_ssize_t rows, Py_ssize_t st, floating* a,
                           Py_ssize_t m) noexcept nogil:
-    if rows == 4:
+    if rows == 8:
+        rows8_sum(x, st, a, m)
+    elif rows == 4:
         rows4_sum(x, st, a, m)
     else:
         row_sum(x, a, m)
@@ -38,7 +41,9 @@ cdef inline void rows_sum(const floating* x, Py_ssize_t rows, Py_ssize_t st, flo
 cdef inline void rows_shifted(const floating* x, Py_ssize_t rows, Py_ssize_t st,
                               const floating* shift, floating* a, floating* b,
                               Py_ssize_t m) noexcept nogil:
-    if rows == 4:
+    if rows == 8:
+        rows8_shifted(x, st, shift, a, b, m)
+    elif rows == 4:
         rows4_shifted(x, st, shift, a, b, m)
     else:
         row_shifted(x, shift, a, b, m)
@@ -191,7 +196,7 @@ cdef int recheck_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
 
 
 cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
-                        Py_ssize_t W, Py_ssize_t last_w, Py_ssize_t full, bint quarters,
+                        Py_ssize_t W, Py_ssize_t last_w, Py_ssize_t full, Py_ssize_t parts,
                         bint four, bint checked, double* colstats) noexcept nogil:
     # colstats is [2, W]: per column (mean, M2); the count of column j is
     # nrows, or nrows - 1 for j >= last_w (only the last row is short: rows
@@ -208,12 +213,12 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
     # nb * delta^2 * n_a / (n_a + nb) >= nb * delta^2 / 2 of it into the
     # total M2 (n_a >= nb rows came before), so the error stays below
     # 3 * gamma of the total M2 for any data.
-    # With quarters, the first blocks take their rows from the four quarters
-    # of the q = full // 4 first full rows, four per step as in
-    # column_backprop (NHWC: 0.75x-0.95x the time with one thread, 0.9x-1.04x
-    # with two; NCHW short planes, whose rows are far apart anyway:
-    # 1.07x-1.37x, so not there); the remaining rows follow in blocks of
-    # their own.
+    # With parts = 4 (or 8: moment_parts), the first blocks take their rows
+    # from the four quarters (eighths) of the q = full // parts first full
+    # rows, one from each per step as in column_backprop (quarters in NHWC:
+    # 0.75x-0.95x the time with one thread, 0.9x-1.04x with two; NCHW short
+    # planes, whose rows are far apart anyway: 1.07x-1.37x, so parts = 0
+    # there); the remaining rows follow in blocks of their own.
     cdef Py_ssize_t span = W * sizeof(floating) + 4096
     cdef char* raw = <char*>malloc(3 * span)
     cdef floating* a
@@ -229,7 +234,7 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
     # pass re-reads it from cache: four rows at a time (each accumulator
     # loaded and stored once per four rows, 1.2x faster). The caller decides
     # `four` (row_moments_four).
-    cdef Py_ssize_t q = full // 4 if quarters else 0
+    cdef Py_ssize_t q = full // parts if parts > 0 else 0
     if raw == NULL:
         return -1
     a = <floating*>cbp_place(raw, x, 0)
@@ -238,8 +243,8 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
     for j in range(2 * W):
         colstats[j] = 0.0
     while i < q:
-        i1 = min(q, i + ROW_FLUSH // 4)
-        nb = <double>(4 * (i1 - i))
+        i1 = min(q, i + ROW_FLUSH // parts)
+        nb = <double>(parts * (i1 - i))
         for j in range(W):
             a[j] = 0
             b[j] = 0
@@ -249,13 +254,13 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
             for j in range(W):
                 bh[j] = 0
             for r in range(i, i1):
-                rows_sum(x + r * stride, 4, q * stride, bh, W)
+                rows_sum(x + r * stride, parts, q * stride, bh, W)
             block_shift(bh, W, nb)
         for r in range(i, i1):
-            rows_shifted(x + r * stride, 4, q * stride, bh, a, b, W)
-        merge_block(a, b, bh, colstats, colstats + W, W, <double>(4 * i), nb)
+            rows_shifted(x + r * stride, parts, q * stride, bh, a, b, W)
+        merge_block(a, b, bh, colstats, colstats + W, W, <double>(parts * i), nb)
         i = i1
-    i = 4 * q
+    i = parts * q
     while i < nrows:
         i1 = min(nrows, i + ROW_FLUSH)
         nb = <double>(i1 - i)
@@ -390,7 +395,8 @@ cdef int nhwc_moments_piece(const floating* x, Py_ssize_t R, Py_ssize_t C, Py_ss
         return -1
     row_group(R, C, k, nu, u, &r0, &nrows, &last_w)
     if column_moments(x + r0 * C + ja, nrows, W, m, max(0, min(m, last_w - ja)),
-                      nrows if last_w == W else nrows - 1, True, row_moments_four(W, W),
+                      nrows if last_w == W else nrows - 1, moment_parts(W, sizeof(floating)),
+                      row_moments_four(W, W),
                       checked, cs) != 0:
         if cs != out:
             free(cs)

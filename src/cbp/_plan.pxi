@@ -125,6 +125,11 @@ cdef inline bint column_quarters(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize
             or R * C * itemsize <= QUARTER_BYTES)
 
 
+cdef inline Py_ssize_t moment_parts(Py_ssize_t W, Py_ssize_t itemsize) noexcept nogil:
+    # rows per step of the row moments (from as many parts of a row group)
+    return 8 if W * itemsize >= EIGHTH_ROW_BYTES else 4
+
+
 cdef inline Py_ssize_t column_widen(Py_ssize_t C) noexcept nogil:
     if C >= WIDEN:
         return 1

@@ -98,8 +98,11 @@ def describe_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize,
             info["partial_bytes"] = 16 * p.ng * p.nsc * C
         else:
             k = column_widen(C)
-            quartered = reduction == "moments" or column_quarters(N, C, itemsize)
-            name = "rows_quartered" if quartered else "rows"
+            if reduction == "moments":
+                eighths = moment_parts(k * C, itemsize) == 8
+                name = "rows_eighths" if eighths else "rows_quartered"
+            else:
+                name = "rows_quartered" if column_quarters(N, C, itemsize) else "rows"
             units = _row_units(N, C, itemsize)
             _static_split(counts, 0, len(units), units)
             info["widen"] = k

@@ -39,6 +39,8 @@ extern const cbp_kernels_f64 *cbp_active_f64;
 #define cbp_rows4_sum(x, ...) (CBP_TABLE_OF(x)->rows4_sum((x), __VA_ARGS__))
 #define cbp_row_shifted(x, ...) (CBP_TABLE_OF(x)->row_shifted((x), __VA_ARGS__))
 #define cbp_rows4_shifted(x, ...) (CBP_TABLE_OF(x)->rows4_shifted((x), __VA_ARGS__))
+#define cbp_rows8_sum(x, ...) (CBP_TABLE_OF(x)->rows8_sum((x), __VA_ARGS__))
+#define cbp_rows8_shifted(x, ...) (CBP_TABLE_OF(x)->rows8_shifted((x), __VA_ARGS__))
 #define cbp_merge_block(a, ...) (CBP_TABLE_OF(a)->merge_block((a), __VA_ARGS__))
 #define cbp_block_shift(a, ...) (CBP_TABLE_OF(a)->block_shift((a), __VA_ARGS__))
 #define cbp_mean_shift(s, ...) (CBP_TABLE_OF(s)->mean_shift((s), __VA_ARGS__))

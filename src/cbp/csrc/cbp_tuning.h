@@ -104,6 +104,16 @@
 #define CBP_QUARTER_ROW_BYTES 8192
 #define CBP_QUARTER_BYTES 4194304
 
+/* The moments of rows take their rows from four quarters of a row group
+   per step, and from eight eighths on rows of at least EIGHTH_ROW_BYTES:
+   there the three accumulator rows (24 KiB and more) leave L1d on every
+   step, and eight rows per accumulator load took 0.82x the time of four in
+   a C loop over 100 MB (rows of 2048 and 4096 float32). The backprop sums
+   keep quarters there: eighths (16 streams) took 1.4x-1.5x the time.
+   Chosen by: the eighths A/B of the performance issue
+   (benchmarks/README.md). */
+#define CBP_EIGHTH_ROW_BYTES 8192
+
 /* Sums of n float32 products or squares smaller than n times this are
    redone in float64 (wide.h): each term can lose at most 2^-150 to
    underflow, so a sum of at least n * 2^-100 has lost at most 2^-50 of

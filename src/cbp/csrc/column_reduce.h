@@ -50,6 +50,16 @@ static CBP_TARGET void rows4_sum(const T *x, ptrdiff_t st, T *a, ptrdiff_t m)
         a[j] += (x[j] + x[st + j]) + (x[2 * st + j] + x[3 * st + j]);
 }
 
+/* Eight rows st apart: the moments of rows of EIGHTH_ROW_BYTES or more,
+   whose three accumulator rows no longer stay in L1d beside the data. */
+static CBP_TARGET void rows8_sum(const T *x, ptrdiff_t st, T *a, ptrdiff_t m)
+{
+    ptrdiff_t j;
+    CBP_SIMD for (j = 0; j < m; j++)
+        a[j] += ((x[j] + x[st + j]) + (x[2 * st + j] + x[3 * st + j]))
+                + ((x[4 * st + j] + x[5 * st + j]) + (x[6 * st + j] + x[7 * st + j]));
+}
+
 static CBP_TARGET void row_shifted(const T *x, const T *shift, T *a, T *b, ptrdiff_t m)
 {
     ptrdiff_t j;
@@ -70,6 +80,22 @@ static CBP_TARGET void rows4_shifted(const T *x, ptrdiff_t st, const T *shift, T
         T d2 = x[2 * st + j] - s, d3 = x[3 * st + j] - s;
         a[j] += (d0 + d1) + (d2 + d3);
         b[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+    }
+}
+
+static CBP_TARGET void rows8_shifted(const T *x, ptrdiff_t st, const T *shift, T *a, T *b,
+                                     ptrdiff_t m)
+{
+    ptrdiff_t j;
+    CBP_SIMD for (j = 0; j < m; j++) {
+        T s = shift[j];
+        T d0 = x[j] - s, d1 = x[st + j] - s;
+        T d2 = x[2 * st + j] - s, d3 = x[3 * st + j] - s;
+        T d4 = x[4 * st + j] - s, d5 = x[5 * st + j] - s;
+        T d6 = x[6 * st + j] - s, d7 = x[7 * st + j] - s;
+        a[j] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7));
+        b[j] += ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
+                + ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7));
     }
 }
 

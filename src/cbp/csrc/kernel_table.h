@@ -21,6 +21,9 @@ typedef struct {
     void (*rows4_sum)(const T *x, ptrdiff_t st, T *a, ptrdiff_t m);
     void (*row_shifted)(const T *x, const T *shift, T *a, T *b, ptrdiff_t m);
     void (*rows4_shifted)(const T *x, ptrdiff_t st, const T *shift, T *a, T *b, ptrdiff_t m);
+    /* Eight rows st apart, for the moments of long rows. */
+    void (*rows8_sum)(const T *x, ptrdiff_t st, T *a, ptrdiff_t m);
+    void (*rows8_shifted)(const T *x, ptrdiff_t st, const T *shift, T *a, T *b, ptrdiff_t m);
     /* A block of nb rows of shifted sums into the running per-column (mean,
        M2) of n_a earlier rows; the block's shift from its first pass. */
     void (*merge_block)(const T *a, const T *b, const T *shift, double *mean, double *m2,
