@@ -109,7 +109,7 @@
    there the three accumulator rows (24 KiB and more) leave L1d on every
    step, and eight rows per accumulator load took 0.82x the time of four in
    a C loop over 100 MB (rows of 2048 and 4096 float32). The backprop sums
-   keep quarters there: eighths (16 streams) took 1.4x-1.5x the time.
+   keep quarters there: eighths (16 streams) took 1.44x-1.64x the time.
    Chosen by: the eighths A/B of the performance issue
    (benchmarks/README.md). */
 #define CBP_EIGHTH_ROW_BYTES 8192
