@@ -477,12 +477,14 @@ def _drifting_rows(kind, R, C, rng):
 @pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-6), (np.float64, 1e-12)],
                          ids=["float32", "float64"])
 @pytest.mark.parametrize("shape,layout", [((40000, 48), "NCHW"), ((50, 300, 20, 20), "NHWC"),
-                                          ((64, 30, 7, 7), "NCHW")],
-                         ids=["2-D", "NHWC", "NCHW-7x7"])
+                                          ((64, 30, 7, 7), "NCHW"), ((225, 300, 7, 7), "NCHW")],
+                         ids=["2-D", "NHWC", "NCHW-7x7", "NCHW-7x7-tall"])
 def test_moments_of_drifting_rows(kind, dtype, rtol, shape, layout):
     # Row moments sum each block after the first about the running mean of the
     # rows before it; Chan's merge bounds that error by a few float ulps of the
     # total M2 (_nhwc_reduce.pxi), whatever the blocks' means do.
+    # NCHW-7x7-tall has 45 images per image group: blocks of 32 and 13 rows,
+    # read eight images per step (APART_ROWS), then four, then one.
     rng = np.random.default_rng(31)
     shp = layout_shape(shape, layout)
     z = _drifting_rows(kind, int(np.prod(shp)) // shape[1], shape[1], rng)

@@ -12,6 +12,7 @@ cdef extern from "cbp_tuning.h":
     enum:
         ROW_FLUSH "CBP_ROW_FLUSH"
         RUN_ELEMS "CBP_RUN_ELEMS"
+        APART_ROWS "CBP_APART_ROWS"
         UNIT_ELEMS "CBP_UNIT_ELEMS"
         MIN_UNITS "CBP_MIN_UNITS"
         PLANE_CHUNK "CBP_PLANE_CHUNK"

@@ -49,9 +49,13 @@ cdef inline void rows_shifted(const floating* x, Py_ssize_t rows, Py_ssize_t st,
         row_shifted(x, shift, a, b, m)
 
 
-cdef inline Py_ssize_t rows_step(Py_ssize_t i, Py_ssize_t i_end, Py_ssize_t full) noexcept nogil:
-    # 4 rows when rows i..i+3 are all full-width and inside the block, else 1
-    if i + 4 <= i_end and i + 4 <= full:
+cdef inline Py_ssize_t rows_step(Py_ssize_t i, Py_ssize_t i_end, Py_ssize_t full,
+                                  Py_ssize_t most) noexcept nogil:
+    # rows to add at row i: 8 or 4 (at most `most`) when that many rows from i
+    # are all full-width and inside the block, else 1
+    if most >= 8 and i + 8 <= i_end and i + 8 <= full:
+        return 8
+    if most >= 4 and i + 4 <= i_end and i + 4 <= full:
         return 4
     return 1
 
@@ -230,11 +234,14 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
     # four adjacent rows at a time where rows are apart or short (measured
     # 1.3x to 1.6x faster there); one at a time along contiguous rows of
     # >= 128 elements, where four short streams in one 4 KiB page starve the
-    # hardware prefetcher (1.3x to 1.6x slower). The first block's second
-    # pass re-reads it from cache: four rows at a time (each accumulator
-    # loaded and stored once per four rows, 1.2x faster). The caller decides
-    # `four` (row_moments_four).
+    # hardware prefetcher (1.3x to 1.6x slower). NCHW short planes (parts =
+    # 0), whose rows are runs in images far apart, go APART_ROWS (8) at a
+    # time where that many remain, so that more cold streams load at once.
+    # The first block's second pass re-reads it from cache: four rows at a
+    # time (each accumulator loaded and stored once per four rows, 1.2x
+    # faster). The caller decides `four` (row_moments_four).
     cdef Py_ssize_t q = full // parts if parts > 0 else 0
+    cdef Py_ssize_t most = (APART_ROWS if parts == 0 else 4) if four else 1
     if raw == NULL:
         return -1
     a = <floating*>cbp_place(raw, x, 0)
@@ -271,7 +278,7 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
             mean_shift(bh, colstats, W)
             r = i
             while r < i1:
-                k = rows_step(r, i1, full) if four else 1
+                k = rows_step(r, i1, full, most)
                 rows_shifted(x + r * stride, k, stride, bh, a, b, W if r < full else last_w)
                 r = r + k
         else:
@@ -279,7 +286,7 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
                 bh[j] = 0
             r = i
             while r < i1:
-                k = rows_step(r, i1, full) if four else 1
+                k = rows_step(r, i1, full, most)
                 rows_sum(x + r * stride, k, stride, bh, W if r < full else last_w)
                 r = r + k
             if i1 == nrows:
@@ -289,7 +296,7 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
                 block_shift(bh, W, nb)
             r = i
             while r < i1:
-                k = rows_step(r, i1, full)
+                k = rows_step(r, i1, full, 4)
                 rows_shifted(x + r * stride, k, stride, bh, a, b, W if r < full else last_w)
                 r = r + k
         if i1 == nrows:

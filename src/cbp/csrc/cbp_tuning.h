@@ -46,6 +46,15 @@
    7303da7. */
 #define CBP_RUN_ELEMS 1024
 
+/* NCHW short planes summed as columns: rows per step of the moments' passes
+   from memory (8 or 4; a block's last rows go four or one at a time). Each
+   row is one image's run, far from the next image's, so a step's rows are
+   separate streams that each start cold; eight at once took 0.87x-0.92x the
+   time of four on 256x2048x7x7 (float32 and float64, one and two threads),
+   0.90x on 32x1024x14x14 with one thread and 0.98x-0.99x in cache. Chosen
+   by: the apart-rows A/B of the performance issue (benchmarks/README.md). */
+#define CBP_APART_ROWS 8
+
 /* NCHW column plans: at most this many elements per unit (more image groups
    on large batches). Chosen by: the initial design. */
 #define CBP_UNIT_ELEMS 65536
