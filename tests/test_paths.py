@@ -261,10 +261,14 @@ def test_streamed_row_sweeps_bitwise_equal_plain():
     # A small LLC makes these arrays stream, a large one keeps plain stores.
     # Rows of 1028 and 2400 bytes (every row ends mid-line, at a new offset),
     # outputs 0, 1 and 3 elements past a line, 1 to 3 threads (shares that
-    # start mid-row); all above 4 MiB, where the sweeps go one row at a time.
+    # start mid-row); all above 4 MiB, where the sweeps go one row at a time,
+    # and rows of 4120 and 4160 bytes, which the small LLC sends through the
+    # quartered sweep (SWEEP_QUARTER_ROW_BYTES; shares not a multiple of four
+    # rows).
     cases = [((4200, 257), "float32", 0, 1), ((4200, 257), "float32", 1, 2),
              ((6, 26, 27, 256), "float32", 3, 3), ((2200, 300), "float64", 1, 1),
-             ((2200, 300), "float64", 0, 2)]
+             ((2200, 300), "float64", 0, 2), ((1100, 1030), "float32", 1, 2),
+             ((1101, 520), "float64", 3, 3)]
     got = {}
     for l3 in ("3M", "4G"):
         env = dict(os.environ, CBP_CACHE_SIZES="l3=" + l3)

@@ -216,6 +216,7 @@ cdef inline bint rows_sweep_four(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize
 
 cdef inline bint rows_sweep_quartered(Py_ssize_t R, Py_ssize_t C,
                                       Py_ssize_t itemsize) noexcept nogil:
-    # long rows over more than a last-level cache: four quarters of a unit per step
-    return (sweep_widen(R, C, itemsize) * C >= SWEEP_QUARTER_W
+    # rows of 4 KiB or more over more than a last-level cache: four quarters
+    # of a unit per step
+    return (sweep_widen(R, C, itemsize) * C * itemsize >= SWEEP_QUARTER_ROW_BYTES
             and R * C * itemsize > _sweep_quarter_bytes)

@@ -207,10 +207,10 @@ cdef void nhwc_sweep(const floating* x, const floating* dy, floating* out, Py_ss
     # Four rows per coefficient load where the coefficients outgrow L1
     # (W >= 2048) or the array stays in cache (for dX only on rows shorter
     # than SWEEP_FOUR_W, rows_sweep_four); shorter rows streamed from
-    # memory measured faster one at a time. Long rows from memory take the
-    # four rows of a step from the four quarters of a share, as in
-    # column_backprop (k == 1 there): measured 0.88x the time on
-    # 256x2048x7x7 NHWC, but 1.13x on 32x2048x7x7, which stays in L3.
+    # memory measured faster one at a time. Rows of 4 KiB or more from memory
+    # take the four rows of a step from the four quarters of a share, as in
+    # column_backprop (SWEEP_QUARTER_ROW_BYTES; not in L3, where 32x2048x7x7
+    # took 1.13x the time).
     cdef bint four = rows_sweep_four(R, C, sizeof(floating), dy != NULL)
     cdef bint quartered = rows_sweep_quartered(R, C, sizeof(floating))
     cdef bint nt = rows_streams(R, C, sizeof(floating))

@@ -174,10 +174,20 @@
 #define CBP_BLOCK_UNITS 10
 
 /* The NHWC sweeps step four rows per coefficient load on rows of at least
-   SWEEP_QUARTER_W elements (and on arrays in cache, QUARTER_BYTES), and take
-   those rows from four quarters of a unit beyond the LLC
-   (SWEEP_QUARTER_OF). Chosen by: a1fbacd, 635b36c. */
+   SWEEP_QUARTER_W elements (and on arrays in cache, QUARTER_BYTES). Chosen
+   by: a1fbacd, 635b36c. */
 #define CBP_SWEEP_QUARTER_W 2048
+
+/* Beyond the LLC (SWEEP_QUARTER_OF), rows of at least SWEEP_QUARTER_ROW_BYTES
+   take the four rows of a step from four quarters of a unit (four long
+   streams per array). From 4 KiB the coefficient rows (four rows' worth:
+   16 KiB and more) no longer stay in L1d beside the streams; quarters took
+   0.79x-0.90x the time of one row at a time for dX on rows of 4 KiB
+   (32x512x28x28 float64, 64x1024x14x14 float32), 0.69x-0.70x on 8 KiB of
+   float64, forward 0.74x-0.78x there, one and two threads; on rows of 2 KiB
+   1.17x-1.20x, so they stay one at a time. Chosen by: the sweep-quarters
+   A/B of the performance issue (benchmarks/README.md). */
+#define CBP_SWEEP_QUARTER_ROW_BYTES 4096
 
 /* The NHWC dX sweep of an array in cache (QUARTER_BYTES) steps four rows
    per coefficient load only on rows shorter than SWEEP_FOUR_W elements (or
