@@ -28,7 +28,7 @@ REDUCTIONS = {"nchw_plane", "nchw_plane_cache_blocked", "nchw_short_plane_column
               "rows_quartered", "rows_eighths"}
 SWEEPS = {(s, nt) for s in ("nchw_plane_units", "nchw_planes", "rows_sweep",
                             "rows_sweep_four") for nt in (False, True)}
-SWEEPS.add(("rows_sweep_quartered", True))  # only over 32 MiB, so always streamed
+SWEEPS.add(("rows_sweep_quartered", True))  # also unstreamed for dX from 4 MiB shares
 
 
 def _paths(canonical_shape, layout, dtype, cache=None):
@@ -163,8 +163,19 @@ def test_plan_info_names_the_fused_paths():
     assert cbp.plan_info((32, 64, 112, 112), op="channel_backprop_stats")["kernel"] == "nchw_plane"
     assert cbp.plan_info((32, 2048, 7, 7), op="channel_stats")["kernel"] == \
         "nchw_short_plane_columns"
-    nhwc = cbp.plan_info((32, 7, 7, 2048), layout="NHWC", op="batch_norm_dx")
-    assert nhwc["kernel"] == "rows_sweep_four" and nhwc["reduction"] is None
+    nhwc = cbp.plan_info((32, 7, 7, 2048), layout="NHWC", op="batch_norm_dx", num_threads=1)
+    assert nhwc["kernel"] == "rows_sweep_quartered" and nhwc["reduction"] is None
+    # the dX sweep's quarters follow each thread's share (QUARTER_BYTES), the
+    # affine map's the last-level cache; rows of 2 KiB never take them
+    for shape, op, threads, name in [
+            ((1100, 1030), "batch_norm_dx", 1, "rows_sweep_quartered"),
+            ((1100, 1030), "batch_norm_dx", 2, "rows_sweep"),
+            ((1100, 1030), "batch_norm_forward", 1, "rows_sweep"),
+            ((1024, 1024), "batch_norm_dx", 1, "rows_sweep"),
+            ((2100, 1030), "batch_norm_backward", 2, "rows_sweep_quartered"),
+            ((9000, 512), "batch_norm_dx", 1, "rows_sweep")]:
+        got = cbp.plan_info(shape, op=op, num_threads=threads)
+        assert got["sweep"] == name, (shape, op, threads, got["sweep"])
     # the sweeps fuse pixels into rows of at least 2 KiB, no more than the
     # array holds, in multiples of the reductions' fused rows
     for shape, dtype, k, ks in [((16, 4, 4, 64), "float32", 1, 8),
@@ -268,7 +279,7 @@ def test_streamed_row_sweeps_bitwise_equal_plain():
     cases = [((4200, 257), "float32", 0, 1), ((4200, 257), "float32", 1, 2),
              ((6, 26, 27, 256), "float32", 3, 3), ((2200, 300), "float64", 1, 1),
              ((2200, 300), "float64", 0, 2), ((1100, 1030), "float32", 1, 2),
-             ((1101, 520), "float64", 3, 3)]
+             ((1101, 520), "float64", 3, 1)]
     got = {}
     for l3 in ("3M", "4G"):
         env = dict(os.environ, CBP_CACHE_SIZES="l3=" + l3)

@@ -214,9 +214,13 @@ cdef inline bint rows_sweep_four(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize
     return W >= SWEEP_QUARTER_W or R * C * itemsize <= QUARTER_BYTES
 
 
-cdef inline bint rows_sweep_quartered(Py_ssize_t R, Py_ssize_t C,
-                                      Py_ssize_t itemsize) noexcept nogil:
-    # rows of 4 KiB or more over more than a last-level cache: four quarters
-    # of a unit per step
-    return (sweep_widen(R, C, itemsize) * C * itemsize >= SWEEP_QUARTER_ROW_BYTES
-            and R * C * itemsize > _sweep_quarter_bytes)
+cdef inline bint rows_sweep_quartered(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize,
+                                      bint dx, int team) noexcept nogil:
+    # four quarters of a share per step (schedule only) on rows of 4 KiB or
+    # more: the dX sweep where each thread's share of the array exceeds
+    # QUARTER_BYTES, the affine map over more than a last-level cache
+    if sweep_widen(R, C, itemsize) * C * itemsize < SWEEP_QUARTER_ROW_BYTES:
+        return False
+    if dx:
+        return R * C * itemsize > QUARTER_BYTES * <Py_ssize_t>team
+    return R * C * itemsize > _sweep_quarter_bytes

@@ -122,7 +122,7 @@ def describe_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize,
         else:
             info["widen"] = column_widen(C)
             info["sweep_widen"] = sweep_widen(N, C, itemsize)
-            if rows_sweep_quartered(N, C, itemsize):
+            if rows_sweep_quartered(N, C, itemsize, sweep == "dx", threads):
                 sname = "rows_sweep_quartered"
             else:
                 sname = ("rows_sweep_four" if rows_sweep_four(N, C, itemsize, sweep == "dx")

@@ -207,12 +207,13 @@ cdef void nhwc_sweep(const floating* x, const floating* dy, floating* out, Py_ss
     # Four rows per coefficient load where the coefficients outgrow L1
     # (W >= 2048) or the array stays in cache (for dX only on rows shorter
     # than SWEEP_FOUR_W, rows_sweep_four); shorter rows streamed from
-    # memory measured faster one at a time. Rows of 4 KiB or more from memory
-    # take the four rows of a step from the four quarters of a share, as in
-    # column_backprop (SWEEP_QUARTER_ROW_BYTES; not in L3, where 32x2048x7x7
-    # took 1.13x the time).
+    # memory measured faster one at a time. Rows of 4 KiB or more take the
+    # four rows of a step from the four quarters of a share, as in
+    # column_backprop (rows_sweep_quartered): for dX from shares of more than
+    # QUARTER_BYTES, for the affine map from beyond the last-level cache.
     cdef bint four = rows_sweep_four(R, C, sizeof(floating), dy != NULL)
-    cdef bint quartered = rows_sweep_quartered(R, C, sizeof(floating))
+    cdef bint quartered = rows_sweep_quartered(R, C, sizeof(floating), dy != NULL,
+                                                nthreads)
     cdef bint nt = rows_streams(R, C, sizeof(floating))
     for t in prange(nthreads, schedule='static', num_threads=nthreads):
         lo = min(total, share_lo(nu, nthreads, t) * SWEEP_UNIT_ELEMS)

@@ -178,15 +178,18 @@
    by: a1fbacd, 635b36c. */
 #define CBP_SWEEP_QUARTER_W 2048
 
-/* Beyond the LLC (SWEEP_QUARTER_OF), rows of at least SWEEP_QUARTER_ROW_BYTES
-   take the four rows of a step from four quarters of a unit (four long
-   streams per array). From 4 KiB the coefficient rows (four rows' worth:
-   16 KiB and more) no longer stay in L1d beside the streams; quarters took
-   0.79x-0.90x the time of one row at a time for dX on rows of 4 KiB
-   (32x512x28x28 float64, 64x1024x14x14 float32), 0.69x-0.70x on 8 KiB of
-   float64, forward 0.74x-0.78x there, one and two threads; on rows of 2 KiB
-   1.17x-1.20x, so they stay one at a time. Chosen by: the sweep-quarters
-   A/B of the performance issue (benchmarks/README.md). */
+/* Rows of at least SWEEP_QUARTER_ROW_BYTES take the four rows of a step
+   from four quarters of a unit (four long streams per array): in the dX
+   sweep where each thread's share exceeds QUARTER_BYTES, in the affine map
+   beyond the LLC (SWEEP_QUARTER_OF). From 4 KiB the coefficient rows (16 KiB
+   and more) no longer stay in L1d beside the streams. Against one row at a
+   time, one and two threads: dX on rows of 4 KiB over the LLC 0.79x-0.90x
+   the time (32x512x28x28 float64, 64x1024x14x14 float32), on 8 KiB of
+   float64 0.69x-0.70x, forward 0.74x-0.78x there; in L3 (4096x1024,
+   16x1024x14x14, 2048x1024 float64) dX 0.80x, backward 0.82x-0.93x, but the
+   affine map 1.05x-1.15x, and dX on shares of 4 MiB or less 0.98x-1.54x;
+   on rows of 2 KiB 1.17x-1.20x. Chosen by: the sweep-quarters A/B of the
+   performance issue (benchmarks/README.md). */
 #define CBP_SWEEP_QUARTER_ROW_BYTES 4096
 
 /* The NHWC dX sweep of an array in cache (QUARTER_BYTES) steps four rows
