@@ -108,7 +108,10 @@ def plan_info(shape, *, dtype="float32", layout="NCHW", op="batch_norm_backward"
 
     - ``kernel``: the path, e.g. ``"nchw_plane_cache_blocked"`` (the reduction's
       path, or the sweep's for ``batch_norm_dx`` and ``batch_norm_inference``);
-      ``reduction`` and ``sweep`` name both parts (None where absent).
+      ``reduction`` and ``sweep`` name both parts (None where absent). The
+      sweep's row order can follow the team: the channels-last dX sweep takes
+      rows of 4 KiB or more from four quarters of each thread's share once a
+      share exceeds 4 MiB (``"rows_sweep_quartered"``); no result changes.
     - ``units``, ``unit_elements``: the work units, fixed by the shape (never by
       the thread count), and the x elements each reads.
     - ``threads``: the team the call would use (any ``num_threads`` up to 65536
