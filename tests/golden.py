@@ -66,9 +66,12 @@ CASES = [
     # widened rows over 4 MiB
     ((9, 2050), "NCHW", "float64", None),
     ((600, 1030), "NCHW", "float64", None),
+    # NCHW short planes as plane runs: 56 images per image group, image blocks
+    # of 1, 1, 2, 4, 8, 16 and 24
+    ((225, 300, 7, 7), "NCHW", "float64", None),
     # NCHW short planes as columns, eight rows per step from memory (APART_ROWS):
     # 45 images per image group: a two-pass block of 32 rows, a one-pass one of 13
-    ((225, 300, 7, 7), "NCHW", "float64", None),
+    ((360, 300, 5, 5), "NCHW", "float64", None),
     ((1100, 1024), "NCHW", "float32", None),
     ((16, 3, 150, 150), "NHWC", "float32", None),
     # streaming stores (outputs of >= 16 MiB): planes starting mid-line, planes of

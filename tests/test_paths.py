@@ -24,8 +24,8 @@ OPS = ["channel_stats", "channel_backprop_stats", "batch_norm_dx", "batch_norm_b
        "batch_norm_forward", "batch_norm_inference"]
 
 # (part, name, streaming stores): every path of the reductions and sweeps
-REDUCTIONS = {"nchw_plane", "nchw_plane_cache_blocked", "nchw_short_plane_columns", "rows",
-              "rows_quartered", "rows_eighths"}
+REDUCTIONS = {"nchw_plane", "nchw_plane_cache_blocked", "nchw_short_plane_columns",
+              "nchw_short_plane_runs", "rows", "rows_quartered", "rows_eighths"}
 SWEEPS = {(s, nt) for s in ("nchw_plane_units", "nchw_planes", "rows_sweep",
                             "rows_sweep_four") for nt in (False, True)}
 SWEEPS.add(("rows_sweep_quartered", True))  # also unstreamed for dX from 4 MiB shares
@@ -47,8 +47,9 @@ def _paths(canonical_shape, layout, dtype, cache=None):
             found.add(("sweep", (info["sweep"], info["streaming_stores"])))
         if info.get("widen", 1) > 1:
             found.add(("widened rows", True))
-        if info["reduction"] == "nchw_short_plane_columns" and info["image_groups"] > 1:
-            found.add(("short-plane image groups", True))
+        if info["reduction"] in ("nchw_short_plane_columns", "nchw_short_plane_runs") and \
+                info["image_groups"] > 1:
+            found.add(("short-plane image groups", info["reduction"]))
         if info.get("plane_chunks", 1) > 1:
             found.add(("plane chunks", info["reduction"]))
     return found
@@ -56,7 +57,9 @@ def _paths(canonical_shape, layout, dtype, cache=None):
 
 def _required():
     req = {("reduction", r) for r in REDUCTIONS} | {("sweep", s) for s in SWEEPS}
-    return req | {("widened rows", True), ("short-plane image groups", True),
+    return req | {("widened rows", True),
+                  ("short-plane image groups", "nchw_short_plane_columns"),
+                  ("short-plane image groups", "nchw_short_plane_runs"),
                   ("plane chunks", "nchw_plane"), ("plane chunks", "nchw_plane_cache_blocked")}
 
 
@@ -162,6 +165,8 @@ def test_plan_info_names_the_fused_paths():
     assert big["blocks"] > 1
     assert cbp.plan_info((32, 64, 112, 112), op="channel_backprop_stats")["kernel"] == "nchw_plane"
     assert cbp.plan_info((32, 2048, 7, 7), op="channel_stats")["kernel"] == \
+        "nchw_short_plane_runs"
+    assert cbp.plan_info((32, 2048, 5, 6), op="channel_stats")["kernel"] == \
         "nchw_short_plane_columns"
     nhwc = cbp.plan_info((32, 7, 7, 2048), layout="NHWC", op="batch_norm_dx", num_threads=1)
     assert nhwc["kernel"] == "rows_sweep_quartered" and nhwc["reduction"] is None

@@ -30,10 +30,13 @@ RTOL = 2e-4
 
 # one shape per kernel path: NCHW long planes (plane kernels), short planes
 # (column moments), NHWC rows (widened columns), 2-D rows, rows of >= 2048
-# channels (four-quarter column sums), and planes summed in chunks
+# channels (four-quarter column sums), planes summed in chunks, and short
+# planes of at least RUN_PLANE elements (plane runs)
 PATHS = [((4, 3, 32, 32), "NCHW"), ((16, 4, 5, 5), "NCHW"), ((8, 6, 6, 5), "NHWC"),
-         ((64, 7), "NCHW"), ((40, 2048), "NCHW"), ((2, 3, 48, 48), "NCHW")]
-PATH_IDS = ["planes", "short-planes", "nhwc", "rows", "quarters", "plane-chunks"]
+         ((64, 7), "NCHW"), ((40, 2048), "NCHW"), ((2, 3, 48, 48), "NCHW"),
+         ((16, 4, 7, 7), "NCHW")]
+PATH_IDS = ["planes", "short-planes", "nhwc", "rows", "quarters", "plane-chunks",
+            "short-plane-runs"]
 EXPONENTS = [-40, -30, -22, -16, 0, 16, 20, 24, 30, 37]
 
 
@@ -167,7 +170,8 @@ def _mixed(shape, layout):
     return x, dy
 
 
-@pytest.mark.parametrize("shape,layout", PATHS[:4], ids=PATH_IDS[:4])
+@pytest.mark.parametrize("shape,layout", PATHS[:4] + PATHS[-1:],
+                         ids=PATH_IDS[:4] + PATH_IDS[-1:])
 def test_mixed_scales(shape, layout):
     x, dy = _mixed(shape, layout)
     _check_all(x, dy, layout)

@@ -465,6 +465,8 @@ def _drifting_rows(kind, R, C, rng):
     if kind == "first block far":   # the first 32 rows of two row groups 300 std away
         z[:32] += 300.0
         z[R // 64:R // 64 + 32] -= 300.0
+    elif kind == "first row far":   # one row 1000 std away: a poor shift for the rest
+        z[0] += 1e3
     elif kind == "step":            # the second half 1000 std away
         z[R // 2:] += 1e3
     elif kind == "trend":           # the mean drifts by 1000 std over the rows
@@ -474,18 +476,22 @@ def _drifting_rows(kind, R, C, rng):
     return z
 
 
-@pytest.mark.parametrize("kind", ["first block far", "step", "trend", "sorted"])
-@pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-6), (np.float64, 1e-12)],
+@pytest.mark.parametrize("kind", ["first block far", "first row far", "step", "trend", "sorted"])
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-6), (np.float64, 1e-12)],
                          ids=["float32", "float64"])
 @pytest.mark.parametrize("shape,layout", [((40000, 48), "NCHW"), ((50, 300, 20, 20), "NHWC"),
-                                          ((64, 30, 7, 7), "NCHW"), ((225, 300, 7, 7), "NCHW")],
-                         ids=["2-D", "NHWC", "NCHW-7x7", "NCHW-7x7-tall"])
+                                          ((64, 30, 7, 7), "NCHW"), ((225, 300, 7, 7), "NCHW"),
+                                          ((360, 300, 5, 5), "NCHW")],
+                         ids=["2-D", "NHWC", "NCHW-7x7", "NCHW-7x7-tall", "NCHW-5x5-tall"])
 def test_moments_of_drifting_rows(kind, dtype, rtol, shape, layout):
     # Row moments sum each block after the first about the running mean of the
     # rows before it; Chan's merge bounds that error by a few float ulps of the
     # total M2 (_nhwc_reduce.pxi), whatever the blocks' means do.
-    # NCHW-7x7-tall has 45 images per image group: blocks of 32 and 13 rows,
-    # read eight images per step (APART_ROWS), then four, then one.
+    # NCHW 7x7 planes go plane by plane in image blocks of 1, 1, 2, 4, ...
+    # (runs_moments_piece; 225x300x7x7: 56 images per image group). The 5x5
+    # planes of 360x300x5x5 run the column kernels with 45 images per image
+    # group: blocks of 32 and 13 rows, read eight images per step
+    # (APART_ROWS), then four, then one.
     rng = np.random.default_rng(31)
     shp = layout_shape(shape, layout)
     z = _drifting_rows(kind, int(np.prod(shp)) // shape[1], shape[1], rng)

@@ -21,6 +21,7 @@ cdef extern from "cbp_tuning.h":
         WIDEN "CBP_WIDEN"
         SHORT_PLANE "CBP_SHORT_PLANE"
         SHORT_PLANE_BACKPROP "CBP_SHORT_PLANE_BACKPROP"
+        RUN_PLANE "CBP_RUN_PLANE"
         QUARTER_ROW_BYTES "CBP_QUARTER_ROW_BYTES"
         SWEEP_QUARTER_W "CBP_SWEEP_QUARTER_W"
         SWEEP_QUARTER_ROW_BYTES "CBP_SWEEP_QUARTER_ROW_BYTES"
@@ -53,6 +54,9 @@ cdef extern from "cbp_kernels.h" nogil:
                                              double* sum_dyxc) noexcept
     void plane_moments "cbp_plane_moments"(const void* x, Py_ssize_t S, double* count,
                                            double* mean, double* m2) noexcept
+    void run_sum "cbp_run_sum"(const void* x, Py_ssize_t S, Py_ssize_t nc, double* a) noexcept
+    void run_shifted "cbp_run_shifted"(const void* x, Py_ssize_t S, Py_ssize_t nc,
+                                       const void* sh, double* a, double* b) noexcept
     # rows into per-column accumulators (csrc/column_reduce.h)
     void row_backprop "cbp_row_backprop"(const void* x, const void* dy, const void* mh,
                                          void* a, void* b, Py_ssize_t m) noexcept

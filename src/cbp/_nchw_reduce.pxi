@@ -6,13 +6,15 @@
 # mean_hi = mean rounded to the input type: for x near the mean that
 # subtraction is exact, and the remaining (mean - mean_hi) is applied once per
 # channel in float64. This keeps float32 data with |mean| >> std accurate.
-# The backprop sums run plane by plane for any S > 1 (SHORT_PLANE_BACKPROP);
-# the moments of planes shorter than SHORT_PLANE run the column kernels of
-# _nhwc_reduce.pxi, since a plane's two passes and merge cost too much there.
+# The backprop sums run plane by plane for any S > 1 (SHORT_PLANE_BACKPROP).
+# The moments of planes shorter than SHORT_PLANE, where a plane's two passes
+# and merge cost too much, go plane by plane about a shift per image block
+# (runs_moments_piece) from RUN_PLANE elements, and below that run the
+# column kernels of _nhwc_reduce.pxi.
 
 
-# The plane loops are C: plane_backprop and plane_moments in
-# csrc/plane_reduce.h.
+# The plane loops are C: plane_backprop, plane_moments, run_sum and
+# run_shifted in csrc/plane_reduce.h.
 
 
 # A unit is (image group g, channel c, chunk k of its planes): units
@@ -107,6 +109,107 @@ cdef bint planes_exact(const floating* x, const floating* dy, Py_ssize_t N, Py_s
     return True
 
 
+cdef int runs_moments_piece(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                            PlanePlan p, Py_ssize_t g, Py_ssize_t ca, Py_ssize_t cz,
+                            bint checked, double* part) noexcept nogil:
+    # (mean, M2) of channels ca..cz over image group g, short planes read in
+    # memory order, one image's run of channels after another (run_sum,
+    # run_shifted). Images go in blocks of 1, 1, 2, 4, ...: as many as came
+    # before in the group. The first block (one image) is summed about its
+    # own mean in a second pass from cache; every later block in one pass
+    # about the running mean rounded to the input type, then merged by
+    # Chan. A block's float sums err by about gamma * (M2_b + nb * delta^2),
+    # delta its mean's distance from the shift, and the merge adds at least
+    # half of nb * delta^2 to the total M2 (no more images in a block than
+    # before it), so the error stays below 3 * gamma of the total M2 for any
+    # data, gamma that of one plane's lane sums (at most 32 terms a lane).
+    # Each channel's sums depend only on its own planes, so any piece split
+    # gives the same bits.
+    cdef Py_ssize_t n0 = g * N // p.ng, n1 = (g + 1) * N // p.ng, nc = cz - ca
+    cdef Py_ssize_t n, e, i, c
+    cdef double na, nb, wt, v, rn, q, bm, d, pa, pb, cnt, mu
+    cdef double* o
+    cdef double* w = <double*>malloc(4 * nc * sizeof(double) + nc * sizeof(floating))
+    cdef double* sa
+    cdef double* sb
+    cdef double* mean
+    cdef double* m2
+    cdef floating* sh
+    if w == NULL:
+        return -1
+    sa = w
+    sb = w + nc
+    mean = w + 2 * nc
+    m2 = w + 3 * nc
+    sh = <floating*>(w + 4 * nc)
+    for c in range(nc):
+        sa[c] = 0.0
+        sb[c] = 0.0
+    run_sum(x + (n0 * C + ca) * S, S, nc, sa)
+    rn = 1.0 / <double>S
+    for c in range(nc):
+        sh[c] = <floating>(sa[c] * rn)
+        sa[c] = 0.0
+    run_shifted(x + (n0 * C + ca) * S, S, nc, sh, sa, sb)
+    for c in range(nc):
+        q = sa[c] * rn
+        bm = sb[c] - sa[c] * q
+        mean[c] = <double>sh[c] + q
+        m2[c] = bm if bm > 0.0 else 0.0
+    n = n0 + 1
+    while n < n1:
+        e = min(n1, n + (n - n0))
+        for c in range(nc):
+            sh[c] = <floating>mean[c]
+            sa[c] = 0.0
+            sb[c] = 0.0
+        for i in range(n, e):
+            run_shifted(x + (i * C + ca) * S, S, nc, sh, sa, sb)
+        na = <double>((n - n0) * S)
+        nb = <double>((e - n) * S)
+        wt = nb / (na + nb)
+        v = na * wt
+        rn = 1.0 / nb
+        for c in range(nc):
+            q = sa[c] * rn
+            bm = sb[c] - sa[c] * q
+            d = (<double>sh[c] + q) - mean[c]
+            mean[c] = mean[c] + d * wt
+            m2[c] = m2[c] + ((bm if bm > 0.0 else 0.0) + d * d * v)
+        n = e
+    cnt = <double>((n1 - n0) * S)
+    for c in range(nc):
+        if floating is float and checked and not column_ok(mean[c], m2[c], cnt):
+            # the float32 range check of a checked re-run (_drivers.pxi): a
+            # constant channel is exact as it is; the others again in float64
+            if planes_exact(x, <const floating*>NULL, N, C, S, 0, S, n0, n1, ca + c,
+                            x + (n0 * C + ca + c) * S):
+                mean[c] = <double>x[(n0 * C + ca + c) * S]
+                m2[c] = 0.0
+            else:
+                mu = 0.0
+                for i in range(n0, n1):
+                    wide_sums(x + (i * C + ca + c) * S, <const floating*>NULL, S, 1, 0.0,
+                              &pa, &pb)
+                    mu = mu + pa
+                mu = mu / cnt
+                q = 0.0
+                bm = 0.0
+                for i in range(n0, n1):
+                    wide_sums(x + (i * C + ca + c) * S, <const floating*>NULL, S, 1, mu,
+                              &pa, &pb)
+                    q = q + pa
+                    bm = bm + pb
+                bm = bm - q * (q / cnt)
+                mean[c] = mu + q / cnt
+                m2[c] = bm if bm > 0.0 else 0.0
+        o = unit_out(part, C, p, g, ca + c, 0)
+        o[0] = mean[c]
+        o[1] = m2[c]
+    free(w)
+    return 0
+
+
 cdef int nchw_moments_piece(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                             PlanePlan p, Py_ssize_t g, Py_ssize_t c0, Py_ssize_t va,
                             Py_ssize_t vz, bint checked, double* part) noexcept nogil:
@@ -116,6 +219,8 @@ cdef int nchw_moments_piece(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ss
     cdef double cnt
     cdef double* o
     cdef double* cs
+    if p.runs:
+        return runs_moments_piece(x, N, C, S, p, g, c0 + va, c0 + vz, checked, part)
     for v in range(va, vz):
         o = unit_out(part, C, p, g, c0 + v // p.nsc, v % p.nsc)
         o[0] = 0.0

@@ -18,7 +18,8 @@ cdef struct PlanePlan:
     Py_ssize_t nsc    # plane plans: chunks per plane (1: whole planes)
     Py_ssize_t L      # channels per cache block (the fused passes' block)
     Py_ssize_t cb     # column plans: channels per run block (sets ng and `four`)
-    bint cols         # short planes summed by the column kernels
+    bint cols         # short planes (moments: by the column kernels unless `runs`)
+    bint runs         # moments of short planes plane by plane (run_shifted)
     bint four         # column plans: first-pass rows read four adjacent at a time
 
 
@@ -67,7 +68,17 @@ cdef inline PlanePlan plane_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     cdef PlanePlan p
     cdef Py_ssize_t ncb
     p.cols = S < short_plane
-    if p.cols:
+    p.runs = p.cols and S >= RUN_PLANE
+    if p.runs:
+        # Plane runs: a unit is (image group, channel), summed image after
+        # image; the image groups only serve the balance (COLUMN_PLAN_UNITS
+        # units where the batch allows).
+        p.ng = max(1, min(N, ceil_div(COLUMN_PLAN_UNITS, C)))
+        p.L = C
+        p.nsc = 1
+        p.cb = C
+        p.four = False
+    elif p.cols:
         # Column kernels: a row is one image's run of channels; runs of at
         # least RUN_ELEMS elements set how many image groups there are and
         # how the first pass reads rows (both decide the bits).

@@ -80,7 +80,8 @@ def describe_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize,
                 name = "nchw_plane"
             else:
                 p = moments_plan(N, C, S, itemsize, fused, cache_bytes, threads)
-                name = "nchw_short_plane_columns" if p.cols else "nchw_plane"
+                name = ("nchw_short_plane_runs" if p.runs else
+                        "nchw_short_plane_columns" if p.cols else "nchw_plane")
             # the drivers reduce (and, fused, sweep) a cache block of channels at a time
             c0 = 0
             while c0 < C:

@@ -97,6 +97,15 @@
 #define CBP_SHORT_PLANE 256
 #define CBP_SHORT_PLANE_BACKPROP 2
 
+/* NCHW moments of short planes of at least RUN_PLANE elements go plane by
+   plane in memory order (run_shifted: each plane summed over RUN_LANES
+   lanes about a per-channel shift, added in float64), in image blocks of
+   1, 1, 2, 4, ... images whose shift is the running mean; shorter planes
+   run the column kernels. Chosen by: the plane-runs A/B of the performance
+   issue (benchmarks/README.md). */
+#define CBP_RUN_PLANE 32
+#define CBP_RUN_LANES 8
+
 /* Column backprop sums add four rows per step from the four quarters of a
    unit on rows of at least QUARTER_ROW_BYTES, and on arrays of at most
    QUARTER_BYTES (in cache); otherwise one row at a time. The row's float

@@ -11,6 +11,11 @@ typedef struct {
     /* Exact moments of one plane merged into (*count, *mean, *m2). */
     void (*plane_moments)(const T *x, ptrdiff_t S, double *count, double *mean,
                           double *m2);
+    /* Short planes, nc consecutive ones of S elements: a[c] += sum x, or
+       a[c] += sum (x - sh[c]) and b[c] += sum (x - sh[c])^2. */
+    void (*run_sum)(const T *x, ptrdiff_t S, ptrdiff_t nc, double *a);
+    void (*run_shifted)(const T *x, ptrdiff_t S, ptrdiff_t nc, const T *sh, double *a,
+                        double *b);
 
     /* Rows into per-column accumulators (column_reduce.h): one row of m
        elements, or four rows st apart (rows4_). */

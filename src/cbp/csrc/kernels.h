@@ -20,6 +20,8 @@
 const CBP_KERNELS CBP_TABLE = {
     .plane_backprop = plane_backprop,
     .plane_moments = plane_moments,
+    .run_sum = run_sum,
+    .run_shifted = run_shifted,
     .row_backprop = row_backprop,
     .rows4_backprop = rows4_backprop,
     .row_sum = row_sum,

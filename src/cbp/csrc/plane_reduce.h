@@ -144,3 +144,60 @@ static CBP_TARGET void plane_moments(const T *x, ptrdiff_t S, double *count, dou
         s0 = end;
     }
 }
+
+/* Short planes (S < CBP_SHORT_PLANE) of the moments, a run of nc planes of
+   S elements at a time (an image's run of channels, read in memory order).
+   Each plane is summed in T over CBP_RUN_LANES lanes (at most 32 terms a
+   lane for S < 256; the last S % LANES elements in one scalar sum), the
+   lanes folded pairwise in a fixed tree, and the plane's sum added to the
+   channel's float64 sums: a[c] += sum x (run_sum), or a[c] += sum d and
+   b[c] += sum d^2 with d = x - sh[c] (run_shifted). */
+CBP_INLINE CBP_TARGET T lanes8_total(const T *a)
+{
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+static CBP_TARGET void run_sum(const T *x, ptrdiff_t S, ptrdiff_t nc, double *a)
+{
+    enum { L = CBP_RUN_LANES };
+    ptrdiff_t c, s, j, full = S / L * L;
+    for (c = 0; c < nc; c++, x += S) {
+        T p[L], r = 0;
+        for (j = 0; j < L; j++)
+            p[j] = 0;
+        for (s = 0; s < full; s += L) {
+            CBP_SIMD for (j = 0; j < L; j++) p[j] += x[s + j];
+        }
+        for (; s < S; s++)
+            r += x[s];
+        a[c] += (double)lanes8_total(p) + (double)r;
+    }
+}
+
+static CBP_TARGET void run_shifted(const T *x, ptrdiff_t S, ptrdiff_t nc, const T *sh,
+                                   double *a, double *b)
+{
+    enum { L = CBP_RUN_LANES };
+    ptrdiff_t c, s, j, full = S / L * L;
+    for (c = 0; c < nc; c++, x += S) {
+        T p[L], q[L], ra = 0, rb = 0, m = sh[c];
+        for (j = 0; j < L; j++) {
+            p[j] = 0;
+            q[j] = 0;
+        }
+        for (s = 0; s < full; s += L) {
+            CBP_SIMD for (j = 0; j < L; j++) {
+                T d = x[s + j] - m;
+                p[j] += d;
+                q[j] += d * d;
+            }
+        }
+        for (; s < S; s++) {
+            T d = x[s] - m;
+            ra += d;
+            rb += d * d;
+        }
+        a[c] += (double)lanes8_total(p) + (double)ra;
+        b[c] += (double)lanes8_total(q) + (double)rb;
+    }
+}
