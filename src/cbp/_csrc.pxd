@@ -57,6 +57,8 @@ cdef extern from "cbp_kernels.h" nogil:
     void run_sum "cbp_run_sum"(const void* x, Py_ssize_t S, Py_ssize_t nc, double* a) noexcept
     void run_shifted "cbp_run_shifted"(const void* x, Py_ssize_t S, Py_ssize_t nc,
                                        const void* sh, double* a, double* b) noexcept
+    void run_backprop "cbp_run_backprop"(const void* x, const void* dy, Py_ssize_t S,
+                                         Py_ssize_t nc, const void* mh, double* o) noexcept
     # rows into per-column accumulators (csrc/column_reduce.h)
     void row_backprop "cbp_row_backprop"(const void* x, const void* dy, const void* mh,
                                          void* a, void* b, Py_ssize_t m) noexcept

@@ -46,6 +46,10 @@ cdef int nchw_backprop_piece(const floating* x, const floating* dy, Py_ssize_t N
         for c in range(2 * (cz - ca)):
             o[c] = 0.0
         for n in range(n0, n1):
+            off = (n * C + ca) * S
+            if S < SHORT_PLANE:
+                run_backprop(x + off, dy + off, S, cz - ca, mh + ca, o)
+                continue
             for c in range(ca, cz):
                 off = (n * C + c) * S
                 plane_backprop(x + off, dy + off, S, mh + c, o + 2 * (c - ca),

@@ -35,6 +35,7 @@ extern const cbp_kernels_f64 *cbp_active_f64;
 #define cbp_plane_moments(x, ...) (CBP_TABLE_OF(x)->plane_moments((x), __VA_ARGS__))
 #define cbp_run_sum(x, ...) (CBP_TABLE_OF(x)->run_sum((x), __VA_ARGS__))
 #define cbp_run_shifted(x, ...) (CBP_TABLE_OF(x)->run_shifted((x), __VA_ARGS__))
+#define cbp_run_backprop(x, ...) (CBP_TABLE_OF(x)->run_backprop((x), __VA_ARGS__))
 #define cbp_row_backprop(x, ...) (CBP_TABLE_OF(x)->row_backprop((x), __VA_ARGS__))
 #define cbp_rows4_backprop(x, ...) (CBP_TABLE_OF(x)->rows4_backprop((x), __VA_ARGS__))
 #define cbp_row_sum(x, ...) (CBP_TABLE_OF(x)->row_sum((x), __VA_ARGS__))

@@ -27,9 +27,11 @@
    "Not yet" discusses 128. */
 #define CBP_ROW_FLUSH 32
 
-/* NCHW backprop sums: independent accumulators per plane, and elements per
-   block before the lanes go into float64 (BLOCK / LANES = 32 terms a lane).
-   Chosen by: a7f41f4 (plane-by-plane backprop sums). */
+/* NCHW backprop sums of planes of at least SHORT_PLANE elements:
+   independent accumulators per plane, and elements per block before the
+   lanes go into float64 (BLOCK / LANES = 32 terms a lane). Shorter planes
+   take RUN_LANES lanes (run_backprop). Chosen by: a7f41f4 (plane-by-plane
+   backprop sums). */
 #define CBP_PLANE_LANES 16
 #define CBP_PLANE_BLOCK 512
 
@@ -101,8 +103,10 @@
    plane in memory order (run_shifted: each plane summed over RUN_LANES
    lanes about a per-channel shift, added in float64), in image blocks of
    1, 1, 2, 4, ... images whose shift is the running mean; shorter planes
-   run the column kernels. Chosen by: the plane-runs A/B of the performance
-   issue (benchmarks/README.md). */
+   run the column kernels. The backprop sums of every short plane take the
+   same RUN_LANES lanes and fold (run_backprop): the 16 lanes of the long
+   planes, folded in float64, took up to 1.7x the time there. Chosen by:
+   the plane-runs A/B of the performance issue (benchmarks/README.md). */
 #define CBP_RUN_PLANE 32
 #define CBP_RUN_LANES 8
 

@@ -16,6 +16,9 @@ typedef struct {
     void (*run_sum)(const T *x, ptrdiff_t S, ptrdiff_t nc, double *a);
     void (*run_shifted)(const T *x, ptrdiff_t S, ptrdiff_t nc, const T *sh, double *a,
                         double *b);
+    /* ... and their backprop sums, o[2c] += sum dy, o[2c + 1] += sum dy * (x - mh[c]). */
+    void (*run_backprop)(const T *x, const T *dy, ptrdiff_t S, ptrdiff_t nc, const T *mh,
+                         double *o);
 
     /* Rows into per-column accumulators (column_reduce.h): one row of m
        elements, or four rows st apart (rows4_). */

@@ -22,6 +22,7 @@ const CBP_KERNELS CBP_TABLE = {
     .plane_moments = plane_moments,
     .run_sum = run_sum,
     .run_shifted = run_shifted,
+    .run_backprop = run_backprop,
     .row_backprop = row_backprop,
     .rows4_backprop = rows4_backprop,
     .row_sum = row_sum,

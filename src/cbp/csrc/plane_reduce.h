@@ -201,3 +201,37 @@ static CBP_TARGET void run_shifted(const T *x, ptrdiff_t S, ptrdiff_t nc, const 
         b[c] += (double)lanes8_total(q) + (double)rb;
     }
 }
+
+/* The backprop sums of a run of nc short planes (S < CBP_SHORT_PLANE):
+   o[2c] += sum dy and o[2c + 1] += sum dy * (x - mh[c]) over plane c, each
+   plane summed over CBP_RUN_LANES lanes and folded as in run_shifted. */
+static CBP_TARGET void run_backprop(const T *x, const T *dy, ptrdiff_t S, ptrdiff_t nc,
+                                    const T *mh, double *o)
+{
+    enum { L = CBP_RUN_LANES };
+    ptrdiff_t c, s, j, full = S / L * L;
+    for (c = 0; c < nc; c++, x += S, dy += S) {
+        T p[L], q[L], ra = 0, rb = 0, m = mh[c];
+        double ta = 0.0, tb = 0.0;
+        if (full > 0) {
+            for (j = 0; j < L; j++) {
+                p[j] = 0;
+                q[j] = 0;
+            }
+            for (s = 0; s < full; s += L) {
+                CBP_SIMD for (j = 0; j < L; j++) {
+                    p[j] += dy[s + j];
+                    q[j] += dy[s + j] * (x[s + j] - m);
+                }
+            }
+            ta = (double)lanes8_total(p);
+            tb = (double)lanes8_total(q);
+        }
+        for (s = full; s < S; s++) {
+            ra += dy[s];
+            rb += dy[s] * (x[s] - m);
+        }
+        o[2 * c] += ta + (double)ra;
+        o[2 * c + 1] += tb + (double)rb;
+    }
+}
