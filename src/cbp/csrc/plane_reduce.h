@@ -154,7 +154,14 @@ static CBP_TARGET void plane_moments(const T *x, ptrdiff_t S, double *count, dou
    b[c] += sum d^2 with d = x - sh[c] (run_shifted). */
 CBP_INLINE CBP_TARGET T lanes8_total(const T *a)
 {
-    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+    /* ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), the first level as
+       one vector add: gcc folds the expression written out lane by lane */
+    T h[4], g[2];
+    ptrdiff_t j;
+    CBP_SIMD for (j = 0; j < 4; j++) h[j] = a[j] + a[j + 4];
+    for (j = 0; j < 2; j++)
+        g[j] = h[j] + h[j + 2];
+    return g[0] + g[1];
 }
 
 static CBP_TARGET void run_sum(const T *x, ptrdiff_t S, ptrdiff_t nc, double *a)
