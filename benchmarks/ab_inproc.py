@@ -11,7 +11,9 @@ code (an A/A run) at 1.00x-1.02x.
 
 ``--base-caches`` imports the base under ``CBP_CACHE_SIZES`` (e.g. ``l3=1G``:
 no streaming stores), to compare schedules of one build: sizes that follow
-the detected caches are then the only difference.
+the detected caches are then the only difference. ``--base-env VAR=VALUE``
+sets any variable for A's import alone, e.g. ``CBP_ISA=avx2`` against B run
+under ``CBP_ISA=avx512``: two instruction-set tables of one build.
 
     python setup.py build_ext --inplace
     PYTHONPATH=src python benchmarks/ab_inproc.py --base ../base-checkout \\
@@ -68,6 +70,8 @@ def main():
     p.add_argument("rows", nargs="+", help="op:shape:layout:dtype, e.g. bwd:4096x1024:NHWC:float32")
     p.add_argument("--base", help="checkout whose built src/cbp is A (default: this build)")
     p.add_argument("--base-caches", default="", help="CBP_CACHE_SIZES for A only")
+    p.add_argument("--base-env", action="append", default=[], metavar="VAR=VALUE",
+                   help="an environment variable for A's import only (repeatable)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--calls", type=int, default=60, help="call pairs per row")
     args = p.parse_args()
@@ -80,18 +84,23 @@ def main():
     tmp = tempfile.mkdtemp(prefix="cbp-ab-")
     shutil.copytree(src, os.path.join(tmp, "cbpbase"))
     sys.path.insert(0, tmp)
-    saved = os.environ.get("CBP_CACHE_SIZES")
+    base_env = dict(v.split("=", 1) for v in args.base_env)
     if args.base_caches:
-        os.environ["CBP_CACHE_SIZES"] = args.base_caches
+        base_env["CBP_CACHE_SIZES"] = args.base_caches
+    saved = {k: os.environ.get(k) for k in base_env}
+    os.environ.update(base_env)
     import cbpbase
-    if saved is None:
-        os.environ.pop("CBP_CACHE_SIZES", None)
-    else:
-        os.environ["CBP_CACHE_SIZES"] = saved
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     if cbpbase.cython_api.__file__ == cbp.cython_api.__file__:
         sys.exit("the base build did not load as a module of its own")
-    print(f"A: {src}{' under CBP_CACHE_SIZES=' + args.base_caches if args.base_caches else ''}")
-    print(f"B: {os.path.dirname(cbp.__file__)}; {args.threads} thread(s), {args.calls} call pairs")
+    env = " ".join(f"{k}={v}" for k, v in base_env.items())
+    print(f"A: {src}{' under ' + env if env else ''}; isa {cbpbase.cython_api.isa()}")
+    print(f"B: {os.path.dirname(cbp.__file__)}; isa {cbp.cython_api.isa()}; "
+          f"{args.threads} thread(s), {args.calls} call pairs")
     try:
         for row in args.rows:
             op, shape, layout, dtype = row.split(":")
