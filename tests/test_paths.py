@@ -132,6 +132,9 @@ def test_caches_are_reported():
     assert caches["streaming_store_from"] == caches["last_level_cache"] // 2
     assert caches["streaming_store_rows_from"] == caches["last_level_cache"] // 3
     assert cbp._kernels.cache_block_bytes() == caches["cache_block"]
+    # 4 KiB blocks, as many as a third of the L1d holds beside the one in use
+    blocks = (caches["l1d"] or 32 << 10) // (3 << 12) - 1
+    assert caches["moments_prefetch_ahead"] == 4096 * min(4, max(1, blocks))
 
 
 @pytest.mark.parametrize("text,l1d,l2,l3", [("l1d=48K,l2=2M,l3=0", 48 << 10, 2 << 20, 0),
@@ -150,6 +153,21 @@ def test_cache_sizes_override(text, l1d, l2, l3):
             assert got[key] == want
     assert got["last_level_cache"] == (got["l3"] or got["l2"] or 8 << 20)
     assert got["cache_block"] == got["last_level_cache"] // 8 * 3
+    if l1d is not None:
+        assert got["moments_prefetch_ahead"] == 3 * 4096  # 48 KiB
+
+
+@pytest.mark.parametrize("l1d,ahead", [("0", 4096), ("16K", 4096), ("32K", 4096),
+                                       ("48K", 12288), ("64K", 16384), ("1M", 16384)])
+def test_moments_prefetch_follows_l1d(l1d, ahead):
+    # a schedule only (prefetch hints change no bit): its rule
+    code = ("import cbp; print(cbp.show_config(print_out=False)['caches']"
+            "['moments_prefetch_ahead'])")
+    env = dict(os.environ, CBP_CACHE_SIZES="l1d=" + l1d)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) == ahead
 
 
 def test_bad_cache_sizes_override():

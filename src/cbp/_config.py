@@ -69,7 +69,10 @@ def show_config(*, print_out: bool = True) -> dict:
     the schedule sizes cbp derives from the last level (the L3, else the L2,
     else an assumed 8 MiB): the fused passes' cache block (3/8 of it), the
     output size from which sweeps use streaming stores (1/2) and the array
-    size from which long channels-last rows are swept by quarters (1x).
+    size from which long channels-last rows are swept by quarters (1x); and
+    from the L1d (32 KiB when not reported): ``moments_prefetch_ahead``, the
+    bytes the NCHW moments prefetch ahead of their passes (4 KiB blocks, as
+    many as a third of the L1d holds beside the block in use; one to four).
 
     ``min_elements_per_thread``: a call runs at most one thread per that many
     elements of x (fewer than ``num_threads`` on small arrays; the results are
@@ -133,8 +136,8 @@ def plan_info(shape, *, dtype="float32", layout="NCHW", op="batch_norm_backward"
       bytes of a group's columns); ``partial_bytes``: the reduction's per-unit
       partial sums.
     - ``block``: the (N, C, S) block the kernels see.
-    - ``caches``: the CPU's data caches and the sizes derived from the
-      last-level one (as in :func:`show_config`; ``CBP_CACHE_SIZES`` overrides
+    - ``caches``: the CPU's data caches and the sizes derived from them
+      (as in :func:`show_config`; ``CBP_CACHE_SIZES`` overrides
       what the operating system reports, e.g. ``l1d=48K,l2=2M,l3=32M``).
     """
     layout = v.check_layout(layout)

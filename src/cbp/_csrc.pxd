@@ -54,6 +54,8 @@ cdef extern from "cbp_kernels.h" nogil:
                                              double* sum_dyxc) noexcept
     void plane_moments "cbp_plane_moments"(const void* x, Py_ssize_t S, double* count,
                                            double* mean, double* m2) noexcept
+    Py_ssize_t cbp_moments_ahead
+    void cbp_set_moments_ahead(long long l1d_bytes) noexcept
     void run_sum "cbp_run_sum"(const void* x, Py_ssize_t S, Py_ssize_t nc, double* a) noexcept
     void run_shifted "cbp_run_shifted"(const void* x, Py_ssize_t S, Py_ssize_t nc,
                                        const void* sh, double* a, double* b) noexcept

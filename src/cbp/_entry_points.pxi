@@ -72,6 +72,13 @@ def detect_caches():
             "l3_shared_by": c.shared[2], "source": c.source.decode()}
 
 
+def set_l1d_cache(long long l1d):
+    """Derive the L1d-dependent schedule sizes from an L1d of l1d bytes (0: unknown)."""
+    if l1d < 0:
+        raise ValueError("the L1d size must be >= 0 bytes")
+    cbp_set_moments_ahead(l1d)
+
+
 def set_last_level_cache(Py_ssize_t llc):
     """Derive the cache-dependent schedule sizes from a last-level cache of llc bytes."""
     if llc < 1:
@@ -89,7 +96,8 @@ def schedule_sizes():
     return {"last_level_cache": _llc_bytes, "cache_block": _default_cache_block,
             "streaming_store_from": _nt_store_bytes,
             "streaming_store_rows_from": _nt_rows_bytes,
-            "nhwc_sweep_quarters_from": _sweep_quarter_bytes}
+            "nhwc_sweep_quarters_from": _sweep_quarter_bytes,
+            "moments_prefetch_ahead": cbp_moments_ahead}
 
 
 # ---------------------------------------------------------------------------

@@ -135,6 +135,7 @@ def _configure_caches_at_import():
     llc = info["l3"] or info["l2"]
     info["last_level_cache_assumed"] = not llc
     set_last_level_cache(llc or LLC_DEFAULT_BYTES)
+    set_l1d_cache(info["l1d"])
     info.update(schedule_sizes())
     _CACHES = info
 
@@ -142,7 +143,8 @@ def _configure_caches_at_import():
 def caches():
     """The CPU's data caches (bytes; 0 = not reported), where they were read, and the
     schedule sizes cbp derived from the last-level cache (the L3, else the L2;
-    8 MiB when neither is reported, ``last_level_cache_assumed``)."""
+    8 MiB when neither is reported, ``last_level_cache_assumed``) and from the
+    L1d (32 KiB when not reported)."""
     return dict(_CACHES)
 
 

@@ -9,9 +9,17 @@
 #endif
 
 #include "cbp_runtime.h"
+#include "cbp_kernels.h"
 
 #include <stdio.h>
 #include <string.h>
+
+ptrdiff_t cbp_moments_ahead = CBP_MOMENTS_AHEAD_OF(CBP_L1D_DEFAULT_BYTES);
+
+void cbp_set_moments_ahead(long long l1d_bytes)
+{
+    cbp_moments_ahead = CBP_MOMENTS_AHEAD_OF(l1d_bytes > 0 ? l1d_bytes : CBP_L1D_DEFAULT_BYTES);
+}
 
 static void clear(cbp_caches *c)
 {

@@ -27,6 +27,11 @@
 extern const cbp_kernels_f32 *cbp_active_f32;
 extern const cbp_kernels_f64 *cbp_active_f64;
 
+/* Bytes plane_moments prefetches ahead (CBP_MOMENTS_AHEAD_OF the L1d, set
+   at import with cbp_set_moments_ahead; caches.c): a schedule, never a bit. */
+extern ptrdiff_t cbp_moments_ahead;
+void cbp_set_moments_ahead(long long l1d_bytes);
+
 #define CBP_TABLE_OF(x) \
     _Generic((x)[0], float: cbp_active_f32, const float: cbp_active_f32, \
              double: cbp_active_f64, const double: cbp_active_f64)

@@ -253,6 +253,21 @@
    streaming A/B of the performance issue (benchmarks/README.md). */
 #define CBP_NT_PLANE_ELEMS 256
 
+/* plane_moments (NCHW planes of 256 elements or more) prefetches the data
+   of its passes from memory this many bytes ahead, in 4 KiB blocks, from the
+   detected L1d: as many blocks as leave a third of the L1d for the prefetched
+   lines and the block being summed, at least one and at most four. That is
+   one block on a 32 KiB L1d, where one block ahead measured fastest (half a
+   block 1.02x-1.07x the time, four blocks 1.20x-1.43x; AMD EPYC Zen 4), and
+   three on 48 KiB, where one block took 1.19x-1.33x the time of three (AMD
+   EPYC Zen 5, 32x64x112x112, 32x256x56x56, 32x512x28x28 and 8x32x32x64x64
+   NCHW, one thread; four and six blocks measured as three). An L1d the
+   system does not report is taken as CBP_L1D_DEFAULT_BYTES. Chosen by: the
+   prefetch A/B of the performance issue (benchmarks/README.md). */
+#define CBP_L1D_DEFAULT_BYTES (32 * 1024)
+#define CBP_MOMENTS_AHEAD_OF(l1d)                                                              \
+    (4096 * ((l1d) / 12288 - 1 < 1 ? 1 : ((l1d) / 12288 - 1 > 4 ? 4 : (l1d) / 12288 - 1)))
+
 /* Scratch rows stored to inside a loop over rows of x sit at
    512 + 1024 * slot bytes (mod 4 KiB) from the row being read, so loads do
    not wait on unrelated stores (4K aliasing; up to 2x measured). Chosen by:
