@@ -259,7 +259,7 @@
    lines and the block being summed, at least one and at most four. That is
    one block on a 32 KiB L1d, where one block ahead measured fastest (half a
    block 1.02x-1.07x the time, four blocks 1.20x-1.43x; AMD EPYC Zen 4), and
-   three on 48 KiB, where one block took 1.19x-1.33x the time of three (AMD
+   three on 48 KiB, where one block took 1.19x-1.43x the time of three (AMD
    EPYC Zen 5, 32x64x112x112, 32x256x56x56, 32x512x28x28 and 8x32x32x64x64
    NCHW, one thread; four and six blocks measured as three). An L1d the
    system does not report is taken as CBP_L1D_DEFAULT_BYTES. Chosen by: the
