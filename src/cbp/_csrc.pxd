@@ -133,6 +133,8 @@ cdef extern from "cbp_kernels.h" nogil:
     void chan_merge "cbp_chan_merge"(double* n_a, double* mean_a, double* m2_a, double n_b,
                                      double mean_b, double m2_b) noexcept
     void* cbp_place(void* raw, const void* anchor, int slot) noexcept
+    enum: COEF_PAD "CBP_COEF_PAD"
+    enum: COEF_EXT "CBP_COEF_EXT"
     void merge_into "cbp_merge_into"(double* mean, double* m2, Py_ssize_t sd,
                                      const double* bmean, const double* bm2, Py_ssize_t ss,
                                      Py_ssize_t m, double n_a, double n_b) noexcept

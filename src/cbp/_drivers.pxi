@@ -188,11 +188,15 @@ cdef inline bint set_affine_coef(Py_ssize_t c, Py_ssize_t C, double mean, double
 
 cdef void tile_coef(const floating* coef, Py_ssize_t C, Py_ssize_t k,
                     floating* coef_w) noexcept nogil:
-    cdef Py_ssize_t W = k * C, j, i, c
+    # coef [4, C] into coef_w [4, coef_stride]: each row k times, then its
+    # first COEF_EXT elements once more (flat_sweep_nt, csrc/sweep.h)
+    cdef Py_ssize_t W = k * C, cs = coef_stride(k * C), j, i, c
     for j in range(4):
         for i in range(k):
             for c in range(C):
-                coef_w[j * W + i * C + c] = coef[j * C + c]
+                coef_w[j * cs + i * C + c] = coef[j * C + c]
+        for c in range(COEF_EXT):
+            coef_w[j * cs + W + c] = coef_w[j * cs + c % W]
 
 
 # The combines run over chunks of COMBINE_CHANNELS channels, in parallel where
@@ -322,7 +326,7 @@ cdef int rows_combine(int kind, const double* part, Py_ssize_t R, Py_ssize_t C,
 cdef struct WideCoef:
     # The float64 side of a sweep (set_dx_coef): coef [4, C] float64
     # coefficients, flag [C] the channels swept from them, any: some are;
-    # coef_w [4, k * C] tiled (rows), when any.
+    # coef_w [4, coef_stride(k * C)] tiled (rows, tile_coef), when any.
     double* coef
     char* flag
     double* coef_w
@@ -332,7 +336,7 @@ cdef struct WideCoef:
 cdef int wide_alloc(WideCoef* w, Py_ssize_t C, Py_ssize_t k, bint rows) noexcept nogil:
     w.coef = <double*>malloc(4 * C * sizeof(double))
     w.flag = <char*>malloc(C)
-    w.coef_w = <double*>malloc(4 * k * C * sizeof(double)) if rows else NULL
+    w.coef_w = <double*>malloc(4 * coef_stride(k * C) * sizeof(double)) if rows else NULL
     w.any = False
     if w.coef == NULL or w.flag == NULL or (rows and w.coef_w == NULL):
         return -1
@@ -364,7 +368,7 @@ cdef int nchw_sweep_w(const floating* x, const floating* dy, floating* out, Py_s
 cdef void nhwc_sweep_w(const floating* x, const floating* dy, floating* out, Py_ssize_t R,
                        Py_ssize_t C, const floating* coef, floating* coef_w, WideCoef* w,
                        int nthreads) noexcept nogil:
-    # coef [4, C] tiled into coef_w ([4, sweep_widen * C]); with any channel
+    # coef [4, C] tiled into coef_w ([4, coef_stride(sweep_widen * C)]); with any channel
     # flagged, every row is swept from the tiled float64 coefficients
     cdef Py_ssize_t k = sweep_widen(R, C, sizeof(floating))
     tile_coef(coef, C, k, coef_w)
@@ -395,7 +399,7 @@ cdef int backward_driver(const floating* x, const floating* dy, floating* out,
         nparts = p.ng * p.nsc
     else:
         nparts = column_units(N) * k
-        coef_w = <floating*>malloc(4 * ks * C * sizeof(floating))
+        coef_w = <floating*>malloc(4 * coef_stride(ks * C) * sizeof(floating))
     part = <double*>malloc(2 * nparts * C * sizeof(double))
     rc = wide_alloc(&w, C, ks, S == 1)
     if coef == NULL or part == NULL or (S == 1 and coef_w == NULL) or rc != 0:
@@ -476,7 +480,7 @@ cdef int sweep_driver(const floating* x, const floating* dy, floating* out, Py_s
     if S > 1:
         p = sweep_plan(N, C, S)
         return nchw_sweep_w(x, dy, out, N, C, S, p, 0, C, False, coef, w, nthreads)
-    coef_w = <floating*>malloc(4 * k * C * sizeof(floating))
+    coef_w = <floating*>malloc(4 * coef_stride(k * C) * sizeof(floating))
     if coef_w == NULL:
         return -1
     nhwc_sweep_w(x, dy, out, N, C, coef, coef_w, w, nthreads)
@@ -531,7 +535,7 @@ cdef int forward_driver(const floating* x, floating* out, Py_ssize_t N, Py_ssize
     if out != NULL:
         coef = <floating*>malloc(4 * C * sizeof(floating))
         if S == 1:
-            coef_w = <floating*>malloc(4 * ks * C * sizeof(floating))
+            coef_w = <floating*>malloc(4 * coef_stride(ks * C) * sizeof(floating))
         rc = wide_alloc(&w, C, ks, S == 1)
     if part == NULL or rc != 0 or (out != NULL and (coef == NULL or (S == 1 and coef_w == NULL))):
         free(part)

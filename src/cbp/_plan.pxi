@@ -56,6 +56,12 @@ cdef void set_llc(Py_ssize_t llc) noexcept nogil:
     _sweep_quarter_bytes = SWEEP_QUARTER_OF(llc)
 
 
+cdef inline Py_ssize_t coef_stride(Py_ssize_t W) noexcept nogil:
+    # elements from one tiled coefficient row of the NHWC sweeps to the next
+    # (tile_coef; csrc/cbp_common.h says why)
+    return W + COEF_PAD
+
+
 cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
 

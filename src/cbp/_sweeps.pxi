@@ -63,7 +63,7 @@ cdef inline void sweep_row_piece(const floating* x, const floating* dy, floating
                                  Py_ssize_t W, Py_ssize_t j, bint nt,
                                  const double* wcoef_w) noexcept nogil:
     # `rows` (1 or 4) rows st apart, m elements from column j of coefficient
-    # rows W wide (coef_w [4, W]); streaming stores where `nt`. With wcoef_w
+    # rows W apart (coef_w [4, W]); streaming stores where `nt`. With wcoef_w
     # ([4, W] float64), the rows are swept from it instead, one at a time
     # (csrc/wide.h).
     cdef int r
@@ -88,17 +88,19 @@ cdef void sweep_rows_span(const floating* x, const floating* dy, floating* out,
     # start of a last one. Whole rows go four per coefficient load where
     # `four`; with `quartered`, the four come from the four quarters of the
     # span's whole rows (long rows from memory: four sequential streams).
+    # coefficient rows are cs apart (coef_stride, tile_coef)
     cdef Py_ssize_t r = e0 // W, j = e0 - (e0 // W) * W, m, nf, q, i
+    cdef Py_ssize_t cs = coef_stride(W)
     cdef int rows
     if nt and wcoef_w == NULL and not four and not quartered:
         # one row at a time: the span is contiguous, and the lines that
         # straddle two rows are streamed too
         flat_sweep_nt(x + e0, NULL if dy == NULL else dy + e0, out + e0, e1 - e0, W, j,
-                      coef_w, coef_w + W, coef_w + 2 * W, coef_w + 3 * W)
+                      coef_w, coef_w + cs, coef_w + 2 * cs, coef_w + 3 * cs)
         return
     if j > 0:
         m = min(W - j, e1 - e0)
-        sweep_row_piece(x + e0, NULL if dy == NULL else dy + e0, out + e0, 1, W, m, coef_w, W,
+        sweep_row_piece(x + e0, NULL if dy == NULL else dy + e0, out + e0, 1, W, m, coef_w, cs,
                         j, nt, wcoef_w)
         e0 = e0 + m
     nf = (e1 - e0) // W
@@ -106,19 +108,19 @@ cdef void sweep_rows_span(const floating* x, const floating* dy, floating* out,
         q = nf // 4
         for i in range(q):
             sweep_row_piece(x + e0 + i * W, NULL if dy == NULL else dy + e0 + i * W,
-                            out + e0 + i * W, 4, q * W, W, coef_w, W, 0, nt, wcoef_w)
+                            out + e0 + i * W, 4, q * W, W, coef_w, cs, 0, nt, wcoef_w)
         i = 4 * q
     else:
         i = 0
     while i < nf:
         rows = 4 if (four and not quartered and i + 4 <= nf) else 1
         sweep_row_piece(x + e0 + i * W, NULL if dy == NULL else dy + e0 + i * W,
-                        out + e0 + i * W, rows, W, W, coef_w, W, 0, nt, wcoef_w)
+                        out + e0 + i * W, rows, W, W, coef_w, cs, 0, nt, wcoef_w)
         i = i + rows
     e0 = e0 + nf * W
     if e0 < e1:
         sweep_row_piece(x + e0, NULL if dy == NULL else dy + e0, out + e0, 1, W, e1 - e0,
-                        coef_w, W, 0, nt, wcoef_w)
+                        coef_w, cs, 0, nt, wcoef_w)
 
 
 cdef void sweep_planes_span(const floating* x, const floating* dy, floating* out,
@@ -199,9 +201,9 @@ cdef void nhwc_sweep(const floating* x, const floating* dy, floating* out, Py_ss
                      int nthreads) noexcept nogil:
     """dX (or, with dy == NULL, the affine map) over R rows of C channels.
 
-    Rows are fused k at a time (sweep_widen); coef_w is [4, k * C]. Threads
+    Rows are fused k at a time (sweep_widen); coef_w is [4, coef_stride(k * C)]. Threads
     take shares of SWEEP_UNIT_ELEMS runs in memory order. With wcoef_w
-    ([4, k * C] float64, or NULL), every row is swept from it (csrc/wide.h)."""
+    ([4, coef_stride(k * C)] float64, or NULL), every row is swept from it (csrc/wide.h)."""
     cdef Py_ssize_t W = sweep_widen(R, C, sizeof(floating)) * C, total = R * C
     cdef Py_ssize_t nu = ceil_div(R * C, SWEEP_UNIT_ELEMS), t, lo, hi
     # Four rows per coefficient load where the coefficients outgrow L1
