@@ -24,6 +24,7 @@ import numpy as np
 
 import cbp
 from cbp import _kernels
+from schedule import case_llc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HASH_FILE = os.path.join(HERE, "golden_hashes.json")
@@ -210,7 +211,8 @@ def case_hashes(case):
     shape, layout, dtype, cache = case
     old = _kernels.cache_block_bytes(cache) if cache is not None else None
     try:
-        out = case_outputs(case)
+        with case_llc():
+            out = case_outputs(case)
     finally:
         if old is not None:
             _kernels.cache_block_bytes(old)

@@ -18,6 +18,7 @@ import pytest
 import cbp
 import golden
 from conftest import MEDIUM_SHAPES, SHAPES, layout_shape
+from schedule import case_llc
 from test_values import SIZE_PATH_CASES, STREAM_CASES
 
 OPS = ["channel_stats", "channel_backprop_stats", "batch_norm_dx", "batch_norm_backward",
@@ -35,7 +36,8 @@ def _paths(canonical_shape, layout, dtype, cache=None):
     shape = layout_shape(canonical_shape, layout)
     old = cbp._kernels.cache_block_bytes(cache) if cache else None
     try:
-        infos = [cbp.plan_info(shape, dtype=dtype, layout=layout, op=op) for op in OPS]
+        with case_llc():
+            infos = [cbp.plan_info(shape, dtype=dtype, layout=layout, op=op) for op in OPS]
     finally:
         if old is not None:
             cbp._kernels.cache_block_bytes(old)

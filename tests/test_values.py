@@ -6,10 +6,19 @@ import cbp
 import reference as ref
 from conftest import (DTYPES, EMPTY_C_SHAPES, EMPTY_M_SHAPES, LAYOUTS, MEDIUM_SHAPES, SHAPES,
                       assert_close, layout_shape, make_inputs, maxabs, shape_id)
+from schedule import case_llc
 
 VEC_DTYPES = [np.float64, np.float32]
 vec_dtype_param = pytest.mark.parametrize(
     "vec_dtype", VEC_DTYPES, ids=lambda d: "vec_" + np.dtype(d).name)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _case_schedule():
+    # the LLC the size cases below were chosen for (tests/schedule.py), so they
+    # reach the paths tests/test_paths.py says they reach on any CPU
+    with case_llc():
+        yield
 
 
 def _v(a, vec_dtype):
@@ -322,7 +331,7 @@ def test_size_dependent_paths_all_functions(shape, dtype):
 # Outputs of 16 MiB or more are written with streaming stores in whole aligned
 # 64-byte lines, the rest of each plane or span of rows with plain stores
 # (NCHW planes of at least 256 elements and 512 bytes; NHWC rows from a third
-# of the LLC, 11 MiB here).
+# of the LLC, 11 MiB with the pinned 32 MiB).
 STREAM_CASES = [
     ((4, 17, 250, 251), np.float32, "NCHW"),  # planes that start mid-line
     ((8, 64, 64, 64), np.float64, "NCHW"),    # planes of whole lines
