@@ -121,3 +121,38 @@ def test_peak_memory_sees_a_temporary(bench):
         pytest.skip("no /proc/self/clear_refs here")
     assert 6.0 < mb < 20.0
     assert bench.peak_extra_mb(lambda: None) < 1.0
+
+
+def test_targets_counts(tmp_path, capsys):
+    # benchmarks/targets.py counts the #13 targets from a run's rows; a run
+    # made up here, so every count is known
+    path = os.path.join(os.path.dirname(BENCH), "targets.py")
+    if not os.path.isfile(path):
+        pytest.skip("benchmarks/targets.py not found next to tests/")
+    spec = importlib.util.spec_from_file_location("cbp_targets", path)
+    targets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(targets)
+
+    def row(op, shape, nbytes, floor, torch_cbp=None, layout="NCHW"):
+        return {"op": op, "shape_str": shape, "layout": layout, "dtype": "float32",
+                "threads": 1, "x_nbytes": nbytes, "cbp_floor": floor, "cbp_ms": 1.0,
+                "torch_cbp": torch_cbp, "torch_ms": torch_cbp}
+    rows = [row("batch_norm_backward", "a", 200e6, 0.9, 3.0),
+            row("batch_norm_backward", "b", 200e6, 1.1, 1.5, "NHWC"),
+            row("batch_norm_backward", "c", 1e6, 1.3, 1.05),
+            row("batch_norm_backward", "d", 1e6, 1.1, 1.2),
+            row("channel_backprop_stats", "a", 200e6, 1.0, 0.9),
+            row("channel_stats", "a", 200e6, 1.25),
+            row("channel_stats", "b", 200e6, 1.4)]
+    run = {"meta": {"machine": {"cpu": "test"},
+                    "cbp_config": {"caches": {"l3": 4 << 20}}}, "rows": rows}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    targets.report(str(tmp_path / "run.json"))
+    out = capsys.readouterr().out
+    assert "- PyTorch/cbp >= 1.1: 3/5" in out
+    assert "- PyTorch/cbp >= 2 on rows >= 100 MB: 1/3" in out
+    assert "- backward <= 1.0x floor, >= 100 MB, NCHW: 1/1" in out
+    assert "- backward <= 1.0x floor, >= 100 MB, NHWC: 0/1" in out
+    assert "- backward <= 1.2x floor, x + dy <= L3 (4 MiB): 1/2" in out
+    assert "miss bwd c NCHW float32 t1: 1.30" in out
+    assert "- channel_stats <= 1.3x floor, >= 100 MB: 1/2" in out
