@@ -62,9 +62,9 @@ CASES = [
     ((3, 3, 33, 35), "NHWC", "float32", None),
     ((2, 3, 4, 17, 19), "NHWC", "float64", None),
     ((50, 200), "NCHW", "float32", None),
-    # row orders chosen by width and size: four quarters (rows of >= 8 KiB, in
-    # cache and over 4 MiB), one row at a time (> 4 MiB of shorter rows),
-    # widened rows over 4 MiB
+    # rows of >= 8 KiB and shorter ones, in cache and over 4 MiB (the sums of
+    # rows take four quarters per step at every width; the moments eighths
+    # from 8 KiB), widened rows over 4 MiB
     ((9, 2050), "NCHW", "float64", None),
     ((600, 1030), "NCHW", "float64", None),
     # NCHW short planes as plane runs: 56 images per image group, image blocks

@@ -26,7 +26,7 @@ OPS = ["channel_stats", "channel_backprop_stats", "batch_norm_dx", "batch_norm_b
 
 # (part, name, streaming stores): every path of the reductions and sweeps
 REDUCTIONS = {"nchw_plane", "nchw_plane_cache_blocked", "nchw_short_plane_columns",
-              "nchw_short_plane_runs", "rows", "rows_quartered", "rows_eighths"}
+              "nchw_short_plane_runs", "rows_quartered", "rows_eighths"}
 SWEEPS = {(s, nt) for s in ("nchw_plane_units", "nchw_planes", "rows_sweep",
                             "rows_sweep_four") for nt in (False, True)}
 SWEEPS.add(("rows_sweep_quartered", True))  # also unstreamed for dX from 4 MiB shares
@@ -221,14 +221,14 @@ def test_plan_info_names_the_fused_paths():
                              ("batch_norm_forward", (16, 4, 4, 1024), "rows_sweep_four")]:
         info = cbp.plan_info(shape, layout="NHWC", op=op)
         assert info["sweep"] == sweep, (op, shape, info["sweep"])
-    # backprop sums over more than 4 MiB take four quarters per step on rows of
-    # at least 8 KiB, whatever the dtype (the order is fixed in bytes)
+    # the row backprop sums take four quarters per step on rows of every
+    # width, in cache and from memory (the order does not follow the size)
     for shape, dtype, kernel in [((600, 1030), "float64", "rows_quartered"),
-                                 ((600, 1020), "float64", "rows"),
-                                 ((1100, 2048), "float32", "rows_quartered"),
-                                 ((1100, 2040), "float32", "rows"),
-                                 ((64, 14, 14, 1024), "float64", "rows_quartered"),
-                                 ((64, 14, 14, 1024), "float32", "rows")]:
+                                 ((600, 1020), "float64", "rows_quartered"),
+                                 ((1100, 2040), "float32", "rows_quartered"),
+                                 ((64, 14, 14, 1024), "float32", "rows_quartered"),
+                                 ((64, 56, 56, 3), "float32", "rows_quartered"),
+                                 ((7, 5), "float64", "rows_quartered")]:
         layout = "NHWC" if len(shape) == 4 else "NCHW"
         info = cbp.plan_info(shape, dtype=dtype, layout=layout, op="channel_backprop_stats")
         assert info["kernel"] == kernel, (shape, dtype, info["kernel"])

@@ -314,7 +314,7 @@ def test_medium_shapes_all_functions(shape, layout, dtype):
 # path each case takes is asserted in tests/test_paths.py (cbp.plan_info).
 SIZE_PATH_CASES = [
     ((9, 2050), np.float64),          # rows >= 8 KiB: four quarters, plus leftover rows
-    ((1100, 1024), np.float32),       # > 4 MiB of rows < 8 KiB: one row at a time
+    ((1100, 1024), np.float32),       # > 4 MiB of rows < 8 KiB
     ((600, 1030), np.float64),        # > 4 MiB of rows >= 8 KiB: four quarters
     ((2100, 1030), np.float32),       # > 8 MiB of 4 KiB rows: quartered dX sweep (2 threads)
     ((16, 3, 150, 150), np.float32),  # NHWC > 4 MiB of widened rows (22 pixels of 3)

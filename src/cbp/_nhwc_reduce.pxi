@@ -62,25 +62,25 @@ cdef inline Py_ssize_t rows_step(Py_ssize_t i, Py_ssize_t i_end, Py_ssize_t full
 
 cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows,
                          Py_ssize_t st, Py_ssize_t m, Py_ssize_t last_m, Py_ssize_t full,
-                         const floating* mh_w, bint quarters, bint checked,
-                         double* s1, double* s2) noexcept nogil:
+                         const floating* mh_w, bint checked, double* s1,
+                         double* s2) noexcept nogil:
     # s1, s2 [m]: per column sum dy and sum dy * (x - mh_w) over nrows rows st
     # apart, m columns wide; rows at or past `full` (only the last
     # row of a row group can be short) are last_m wide. `full` is the row
     # group's, whatever columns of it this call sums, so that every column's
     # rows are added in the same order in any piece.
-    # With quarters, the q = full // 4 first rows of each quarter of the
-    # full-width rows go together: step i adds rows i, q + i, 2q + i and
-    # 3q + i, so each accumulator is loaded and stored once per four rows while
-    # memory is read as four long sequential streams per array. (Four adjacent
-    # rows instead were up to 2.4x slower on rows of 1 KiB, where they share a
-    # 4 KiB page.) The remaining rows go one at a time.
+    # The q = full // 4 first rows of each quarter of the full-width rows go
+    # together: step i adds rows i, q + i, 2q + i and 3q + i, so each
+    # accumulator is loaded and stored once per four rows while memory is read
+    # as four long sequential streams per array (csrc/cbp_tuning.h). (Four
+    # adjacent rows instead were up to 2.4x slower on rows of 1 KiB, where
+    # they share a 4 KiB page.) The remaining rows go one at a time.
     cdef Py_ssize_t span = m * sizeof(floating) + 4096
     cdef char* raw = <char*>malloc(2 * span)
     cdef floating* ady
     cdef floating* adx
     cdef Py_ssize_t i = 0, i1, j
-    cdef Py_ssize_t q = full // 4 if quarters else 0
+    cdef Py_ssize_t q = full // 4
     if raw == NULL:
         return -1
     ady = <floating*>cbp_place(raw, x, 0)
@@ -383,13 +383,13 @@ cdef int row_fold(bint moments, Py_ssize_t R, Py_ssize_t C, Py_ssize_t nu, Py_ss
 cdef int nhwc_backprop_piece(const floating* x, const floating* dy, Py_ssize_t R,
                              Py_ssize_t C, Py_ssize_t k, Py_ssize_t nu, Py_ssize_t u,
                              Py_ssize_t ja, Py_ssize_t jz, const floating* mh_w,
-                             bint quarters, bint checked, double* out) noexcept nogil:
+                             bint checked, double* out) noexcept nogil:
     # columns ja..jz of row group u into out ([2, W]: sum dy, sum dy * (x - mean_hi))
     cdef Py_ssize_t W = k * C, r0, nrows, last_w, m = jz - ja
     row_group(R, C, k, nu, u, &r0, &nrows, &last_w)
     return column_backprop(x + r0 * C + ja, dy + r0 * C + ja, nrows, W, m,
                            max(0, min(m, last_w - ja)), nrows if last_w == W else nrows - 1,
-                           mh_w + ja, quarters, checked, out + ja, out + W + ja)
+                           mh_w + ja, checked, out + ja, out + W + ja)
 
 
 cdef int nhwc_moments_piece(const floating* x, Py_ssize_t R, Py_ssize_t C, Py_ssize_t k,
@@ -427,7 +427,6 @@ cdef int nhwc_share(bint moments, const floating* x, const floating* dy, Py_ssiz
     cdef Py_ssize_t gw = column_grain(sizeof(floating)), ncg = ceil_div(W, gw)
     cdef Py_ssize_t lo = share_lo(nu * ncg, nthreads, t), hi = share_lo(nu * ncg, nthreads, t + 1)
     cdef Py_ssize_t u, ja, jz, c, nh = 0
-    cdef bint quarters = column_quarters(R, C, sizeof(floating))
     cdef double cnt = 0.0
     cdef double* own = NULL
     cdef double* out
@@ -445,8 +444,7 @@ cdef int nhwc_share(bint moments, const floating* x, const floating* dy, Py_ssiz
         if moments:
             failed = nhwc_moments_piece(x, R, C, k, nu, u, ja, jz, checked, out)
         else:
-            failed = nhwc_backprop_piece(x, dy, R, C, k, nu, u, ja, jz, mh_w, quarters,
-                                         checked, out)
+            failed = nhwc_backprop_piece(x, dy, R, C, k, nu, u, ja, jz, mh_w, checked, out)
         if failed != 0:
             break
         if out == own:

@@ -137,11 +137,6 @@ cdef inline Py_ssize_t column_grain(Py_ssize_t itemsize) noexcept nogil:
     return max(1, COLUMN_UNIT_BYTES // itemsize)
 
 
-cdef inline bint column_quarters(Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize) noexcept nogil:
-    return (C * column_widen(C) * itemsize >= QUARTER_ROW_BYTES
-            or R * C * itemsize <= QUARTER_BYTES)
-
-
 cdef inline Py_ssize_t moment_parts(Py_ssize_t W, Py_ssize_t itemsize) noexcept nogil:
     # rows per step of the row moments (from as many parts of a row group)
     return 8 if W * itemsize >= EIGHTH_ROW_BYTES else 4

@@ -103,7 +103,7 @@ def describe_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize,
                 eighths = moment_parts(k * C, itemsize) == 8
                 name = "rows_eighths" if eighths else "rows_quartered"
             else:
-                name = "rows_quartered" if column_quarters(N, C, itemsize) else "rows"
+                name = "rows_quartered"
             units = _row_units(N, C, itemsize)
             _static_split(counts, 0, len(units), units)
             info["widen"] = k

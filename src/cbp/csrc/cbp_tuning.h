@@ -111,20 +111,15 @@
 #define CBP_RUN_LANES 8
 
 /* Column backprop sums add four rows per step from the four quarters of a
-   unit on rows of at least QUARTER_ROW_BYTES, and on arrays of at most
-   QUARTER_BYTES (in cache); otherwise one row at a time. The row's float
-   accumulators and shifts (three rows' worth) stay in a 32 KiB L1d beside
-   the x and dy rows up to rows of 4 KiB; from 8 KiB they are evicted on
-   every row, and four rows per accumulator load measured 0.54x-0.68x the
-   time of one (float64 with C = 1024 and 1536: 2-D 4096 rows, 32x1024x14x14
-   and 64x1024x7x7 NHWC, one and two threads). On rows of 4 KiB the eight
-   streams from memory measured 1.19x-1.24x slower than two with one thread
-   (0.75x-0.86x with two), and 1.06x-1.15x on shorter rows. Fixed in bytes,
-   not from the detected L1d, because it decides the bits. Chosen by:
-   a1fbacd, 635b36c; the quarter-row A/B of the performance issue
-   (benchmarks/README.md). */
-#define CBP_QUARTER_ROW_BYTES 8192
-#define CBP_QUARTER_BYTES 4194304
+   unit's rows (eight streams from memory), on rows of every width (no
+   constant). Each accumulator is then loaded and stored once per four rows.
+   Against one row at a time (two streams) on rows under 8 KiB from memory:
+   on a Zen 2 EPYC (16 MiB L3) one
+   thread 0.67x-0.91x the time (NHWC C = 3 to 1024, 2-D 16384x1024 float32
+   and 16384x256 float64), two threads 0.76x-0.97x; on the Zen 4 EPYC where
+   rows of 4 KiB had been measured, 1.19x-1.24x with one thread but
+   0.75x-0.86x with two. Chosen by: the all-quarters A/B of the performance
+   issue (benchmarks/README.md). */
 
 /* The moments of rows take their rows from four quarters of a row group
    per step, and from eight eighths on rows of at least EIGHTH_ROW_BYTES:
@@ -185,6 +180,12 @@
    large spans several LLCs. Chosen by: the balance target of the
    performance issue. */
 #define CBP_BLOCK_UNITS 10
+
+/* Arrays of at most QUARTER_BYTES count as in cache for the NHWC sweeps:
+   the dX sweep takes four quarters of a share from shares larger than this
+   (SWEEP_QUARTER_ROW_BYTES) and, in cache, keeps one row at a time on rows
+   of SWEEP_FOUR_W to SWEEP_QUARTER_W elements. Schedule only. */
+#define CBP_QUARTER_BYTES 4194304
 
 /* The NHWC sweeps step four rows per coefficient load on rows of at least
    SWEEP_QUARTER_W elements (and on arrays in cache, QUARTER_BYTES). Chosen
