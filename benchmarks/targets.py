@@ -17,6 +17,7 @@ now (the median of 15 rounds of 2000 calls).
 """
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -55,7 +56,7 @@ def report(path, l3=None):
     rows = run["rows"]
     l3 = l3 or _l3_of(run["meta"])
     cpu = run["meta"]["machine"].get("cpu", "?")
-    print(f"# #13 targets from {path} ({cpu}, L3 {l3 and l3 >> 20} MiB, {len(rows)} rows)")
+    print(f"# #13 targets from {os.path.basename(path)} ({cpu}, L3 {l3 and l3 >> 20} MiB, {len(rows)} rows)")
     torch_rows = [r for r in rows if r["op"] in TORCH_OPS and r.get("torch_cbp")]
     _count("PyTorch/cbp >= 1.1", torch_rows, lambda r: r["torch_cbp"] >= 1.1,
            lambda r: r["torch_cbp"])
