@@ -6,8 +6,8 @@
 The page names the CPU and its detected caches (from the run's cbp config),
 the build, then per operation the median and worst cbp / floor, the range of
 PyTorch / cbp and the rows where PyTorch is faster, with --previous the new
-time over the previous run's per row (median and range), the #13 targets
-(benchmarks/targets.py) and every row.
+time over the previous run's per row (median and range), a float32 summary
+per shape, the #13 targets (benchmarks/targets.py) and every row.
 """
 import argparse
 import contextlib
@@ -32,6 +32,30 @@ def _key(r):
 
 def _ms(v):
     return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+
+
+def float32_summary(rows, out=sys.stdout):
+    """Per shape, layout and thread count (float32): PyTorch / cbp of four
+    operations, cbp / floor of the backward and of channel_stats, backward ms."""
+    by = {_key(r): r for r in rows if r["dtype"] == "float32"}
+    print("| shape | layout | threads | bwd torch/cbp | bps torch/cbp | fwd torch/cbp | "
+          "stats torch/cbp | bwd cbp/floor | stats cbp/floor | bwd ms |", file=out)
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", file=out)
+    seen = []
+    for r in rows:
+        k = (r["shape_str"], r["layout"], r["threads"])
+        if r["dtype"] == "float32" and k not in seen:
+            seen.append(k)
+    for shape, layout, t in seen:
+        get = lambda op: by.get((op, shape, layout, "float32", t))  # noqa: E731
+        tc = lambda op: (f"{get(op)['torch_cbp']:.2f}"  # noqa: E731
+                         if get(op) and get(op).get("torch_cbp") else "-")
+        fl = lambda op: f"{get(op)['cbp_floor']:.2f}" if get(op) else "-"  # noqa: E731
+        bwd = get("batch_norm_backward")
+        print(f"| {shape} | {layout} | {t} | {tc('batch_norm_backward')} | "
+              f"{tc('channel_backprop_stats')} | {tc('batch_norm_forward')} | "
+              f"{tc('channel_stats')} | {fl('batch_norm_backward')} | {fl('channel_stats')} | "
+              + (f"{bwd['cbp_ms']:.3f} |" if bwd else "- |"), file=out)
 
 
 def write(run_path, title, intro="", previous=None, out=sys.stdout):
@@ -80,6 +104,8 @@ def write(run_path, title, intro="", previous=None, out=sys.stdout):
             line += (f" {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |"
                      if ratios else " - |")
         p(line)
+    p("\n## float32 summary\n")
+    float32_summary(rows, out)
     p("\n## Targets of #13 (benchmarks/targets.py)\n")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
