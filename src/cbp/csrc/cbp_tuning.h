@@ -111,15 +111,18 @@
 #define CBP_RUN_LANES 8
 
 /* Column backprop sums add four rows per step from the four quarters of a
-   unit's rows (eight streams from memory), on rows of every width (no
-   constant). Each accumulator is then loaded and stored once per four rows.
-   Against one row at a time (two streams) on rows under 8 KiB from memory:
-   on a Zen 2 EPYC (16 MiB L3) one
-   thread 0.67x-0.91x the time (NHWC C = 3 to 1024, 2-D 16384x1024 float32
-   and 16384x256 float64), two threads 0.76x-0.97x; on the Zen 4 EPYC where
-   rows of 4 KiB had been measured, 1.19x-1.24x with one thread but
-   0.75x-0.86x with two. Chosen by: the all-quarters A/B of the performance
-   issue (benchmarks/README.md). */
+   unit's rows (eight streams from memory) on rows of every width, so each
+   float accumulator is loaded and stored once per four rows (no constant).
+   On rows of 8 KiB or more, whose accumulators and shifts leave a 32 KiB
+   L1d on every row, four rows per load took 0.54x-0.68x the time of one
+   (float64 C = 1024 and 1536, 2-D and NHWC, one and two threads). On
+   shorter rows from memory, against one row at a time (two streams): on a
+   Zen 2 EPYC (16 MiB L3) 0.67x-0.91x the time with one thread (NHWC C = 3
+   to 1024, 2-D 16384x1024 float32, 16384x256 float64) and 0.76x-0.97x with
+   two; on the Zen 4 EPYC 1.19x-1.24x with one thread on rows of 4 KiB, but
+   0.75x-0.86x with two. The order decides the bits, so it is one for every
+   CPU. Chosen by: a1fbacd, 635b36c; the quarter-row and all-quarters A/Bs
+   of the performance issue (benchmarks/README.md). */
 
 /* The moments of rows take their rows from four quarters of a row group
    per step, and from eight eighths on rows of at least EIGHTH_ROW_BYTES:
