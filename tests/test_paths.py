@@ -127,8 +127,12 @@ def test_caches_are_reported():
     caches = cbp.show_config(print_out=False)["caches"]
     assert caches == cbp.plan_info((8, 4, 5, 5))["caches"]
     llc = caches["l3"] or caches["l2"]
+    if caches["l3"] and caches["l2"] and caches["l3_shared_by"]:
+        l2s = caches["l2"] * caches["l3_shared_by"] // max(1, caches["l2_shared_by"])
+        llc = min(llc, 16 * l2s)
     assert caches["last_level_cache"] == (llc or 8 << 20)
     assert caches["last_level_cache_assumed"] == (not llc)
+    assert caches["last_level_cache_capped"] == (0 < llc < (caches["l3"] or caches["l2"]))
     # the derived sizes (csrc/cbp_tuning.h) and the default cache block in use
     assert caches["cache_block"] == caches["last_level_cache"] // 8 * 3
     assert caches["streaming_store_from"] == caches["last_level_cache"] // 2
@@ -137,6 +141,19 @@ def test_caches_are_reported():
     # 4 KiB blocks, as many as a third of the L1d holds beside the one in use
     blocks = (caches["l1d"] or 32 << 10) // (3 << 12) - 1
     assert caches["moments_prefetch_ahead"] == 4096 * min(4, max(1, blocks))
+
+
+@pytest.mark.parametrize("l2,l3,l2_by,l3_by,want", [
+    (2 << 20, 480 << 20, 1, 2, 64 << 20),    # a VM given its host's whole L3
+    (2 << 20, 480 << 20, 1, 0, 480 << 20),   # sharing unknown: taken as reported
+    (512 << 10, 16 << 20, 1, 2, 16 << 20),   # 16x exactly: kept
+    (1 << 20, 96 << 20, 2, 16, 96 << 20),    # a 3D V-Cache CCD, 8 cores x 2 threads
+    (1 << 20, 96 << 20, 2, 4, 32 << 20),     # ... claimed by 2 of its cores
+    (4 << 20, 0, 1, 0, 4 << 20),             # no L3: the L2
+    (0, 0, 0, 0, 0),                         # nothing reported
+    (0, 32 << 20, 0, 2, 32 << 20)])          # no L2 to compare with
+def test_counted_last_level_cache(l2, l3, l2_by, l3_by, want):
+    assert cbp.cython_api.counted_last_level_cache(l2, l3, l2_by, l3_by) == want
 
 
 @pytest.mark.parametrize("text,l1d,l2,l3", [("l1d=48K,l2=2M,l3=0", 48 << 10, 2 << 20, 0),
@@ -153,8 +170,12 @@ def test_cache_sizes_override(text, l1d, l2, l3):
     for key, want in (("l1d", l1d), ("l2", l2), ("l3", l3)):
         if want is not None:
             assert got[key] == want
-    assert got["last_level_cache"] == (got["l3"] or got["l2"] or 8 << 20)
+    want = cbp.cython_api.counted_last_level_cache(got["l2"], got["l3"], got["l2_shared_by"],
+                                                 got["l3_shared_by"])
+    assert got["last_level_cache"] == (want or 8 << 20)
     assert got["cache_block"] == got["last_level_cache"] // 8 * 3
+    if l3 is not None:  # an L3 given is taken as given, never capped
+        assert got["last_level_cache"] == (l3 or got["l2"] or 8 << 20)
     if l1d is not None:
         assert got["moments_prefetch_ahead"] == 3 * 4096  # 48 KiB
 

@@ -67,7 +67,9 @@ def show_config(*, print_out: bool = True) -> dict:
     them (bytes; 0 = not reported; ``*_shared_by``: logical CPUs per cache),
     or as ``CBP_CACHE_SIZES`` sets them (e.g. ``l1d=48K,l2=2M,l3=32M``), and
     the schedule sizes cbp derives from the last level (the L3, else the L2,
-    else an assumed 8 MiB): the fused passes' cache block (3/8 of it), the
+    else an assumed 8 MiB; a detected L3 counts for at most 16 times the L2s
+    that share it, ``last_level_cache_capped``, as a virtual machine may report
+    its host's whole L3 as its own): the fused passes' cache block (3/8 of it), the
     output size from which sweeps use streaming stores (1/2) and the array
     size from which long channels-last rows are swept by quarters (1x); and
     from the L1d (32 KiB when not reported): ``moments_prefetch_ahead``, the

@@ -30,6 +30,7 @@ cdef extern from "cbp_tuning.h":
     # SCHEDULE constants (speed only)
     enum:
         LLC_DEFAULT_BYTES "CBP_LLC_DEFAULT_BYTES"
+        LLC_PER_L2 "CBP_LLC_PER_L2"
         SWEEP_UNIT_ELEMS "CBP_SWEEP_UNIT_ELEMS"
         COLUMN_UNIT_BYTES "CBP_COLUMN_UNIT_BYTES"
         BLOCK_UNITS "CBP_BLOCK_UNITS"

@@ -119,6 +119,19 @@ def _parse_cache_sizes(text):
     return out
 
 
+def counted_last_level_cache(long long l2, long long l3, int l2_shared_by,
+                             int l3_shared_by):
+    """The last-level cache the schedule counts on (bytes; 0 = none reported): the
+    L3, else the L2; an L3 reported as shared by l3_shared_by CPUs counts for at
+    most LLC_PER_L2 (csrc/cbp_tuning.h) times the L2s of those CPUs, since a
+    virtual machine may report its host's whole L3 as its own."""
+    cdef long long l2s
+    if l3 > 0 and l2 > 0 and l3_shared_by > 0:
+        l2s = l2 * l3_shared_by // max(1, l2_shared_by)
+        return min(l3, LLC_PER_L2 * l2s)
+    return l3 if l3 > 0 else max(0, l2)
+
+
 def _configure_caches_at_import():
     # The caches this CPU reports (or CBP_CACHE_SIZES), and the schedule
     # sizes derived from the last level of them.
@@ -132,8 +145,11 @@ def _configure_caches_at_import():
         for key in given:
             info[key + "_shared_by"] = 0  # not part of the override: unknown
         info["source"] = "CBP_CACHE_SIZES"
-    llc = info["l3"] or info["l2"]
+    # an L3 given in CBP_CACHE_SIZES has no sharing count and is taken as given
+    llc = counted_last_level_cache(info["l2"], info["l3"], info["l2_shared_by"],
+                                   info["l3_shared_by"])
     info["last_level_cache_assumed"] = not llc
+    info["last_level_cache_capped"] = bool(llc) and llc < (info["l3"] or info["l2"])
     set_last_level_cache(llc or LLC_DEFAULT_BYTES)
     set_l1d_cache(info["l1d"])
     info.update(schedule_sizes())
@@ -143,8 +159,9 @@ def _configure_caches_at_import():
 def caches():
     """The CPU's data caches (bytes; 0 = not reported), where they were read, and the
     schedule sizes cbp derived from the last-level cache (the L3, else the L2;
-    8 MiB when neither is reported, ``last_level_cache_assumed``) and from the
-    L1d (32 KiB when not reported)."""
+    8 MiB when neither is reported, ``last_level_cache_assumed``; a detected L3
+    counts for at most 16 times the L2s sharing it, ``last_level_cache_capped``)
+    and from the L1d (32 KiB when not reported)."""
     return dict(_CACHES)
 
 

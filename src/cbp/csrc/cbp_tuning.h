@@ -157,6 +157,19 @@
    stream and the other cores. Runtime-settable (cache_bytes). Chosen by:
    2026-11-22-full.md (12 MiB on 32 MiB). */
 #define CBP_LLC_DEFAULT_BYTES (8 * 1024 * 1024)
+
+/* A reported L3 counts for at most LLC_PER_L2 times the L2s that share it
+   (l2 * l3_shared_by / l2_shared_by). A virtual machine may report its
+   host socket's whole L3 as shared by its own few vCPUs: a 2-vCPU Xeon VM
+   (family 6 model 167) reports 480 MiB, while one thread's read bandwidth
+   falls from 26 to 15 GiB/s between 64 and 128 MiB; the 480 MiB schedule
+   took 1.14x-1.37x the time of a 64 MiB one on NCHW and NHWC backward,
+   forward and dX of 100 MB, and a 128 MiB one up to 1.5x on 12-25 MB
+   NHWC (32 and 64 MiB measured alike). 16 is above every real ratio known
+   (a 3D V-Cache CCD has 12x: 96 MiB over 8 cores of 1 MiB), so only an L3
+   claimed by fewer CPUs than share it is cut. Chosen by: the LLC A/B of
+   the performance issue (benchmarks/README.md). */
+#define CBP_LLC_PER_L2 16
 #define CBP_CACHE_BLOCK_OF(llc) ((llc) / 8 * 3)
 
 /* A call runs at most one thread per GRAIN_ELEMS elements of x: below that
