@@ -12,9 +12,10 @@ typedef struct {
     const cbp_kernels_f32 *f32;
     const cbp_kernels_f64 *f64;
     int (*supported)(void);
-    /* may be the default: a table whose loop bodies measured no faster than
-       the next one's is compiled and selectable, but not chosen by itself */
-    int preferred;
+    /* may be the default on this CPU: a table whose loop bodies measured no
+       faster than the next one's is compiled and selectable, but not chosen
+       by itself */
+    int (*preferred)(void);
 } isa_entry;
 
 static int always(void) { return 1; }
@@ -34,19 +35,31 @@ static int have_avx512(void)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
            && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
 }
+
+/* The AVX-512 table (its reductions AVX-512, its sweeps AVX2) is the default
+   on Intel CPUs only. On an Intel Xeon (family 6 model 167) it ran
+   channel_stats in 0.82x-0.97x the time of the AVX2 table, the backprop sums
+   0.88x-0.96x, the rest 0.97x-1.01x (benchmarks/README.md, "AVX-512 on an
+   Intel Xeon"). On AMD it measured no faster: Zen 4 executes 512-bit
+   vectors in two halves (NCHW moments 1.24x the time,
+   benchmarks/snapshots/2026-12-01-csrc-ab.md), and on Zen 5 the table of
+   AVX-512 sweeps lost on the backward from L3 (1.07x,
+   snapshots/2026-12-02-isa-ab-zen5.md); this table is not yet measured
+   there. */
+static int intel(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel");
+}
 #endif
 
-/* Widest first. AVX-512 runs the AVX2 loop bodies with wider vectors and
-   measured slower than AVX2 on the NCHW moments (1.24x the time on
-   32x256x56x56 float32, AMD EPYC Zen 4, 2026-12-01 A/B in
-   benchmarks/snapshots/2026-12-01-csrc-ab.md), so it is not the default
-   until its bodies are tuned. */
+/* Widest first. */
 static const isa_entry compiled[] = {
 #if CBP_BUILD_X86_TARGETS
-    {"avx512", &cbp_table_f32_avx512, &cbp_table_f64_avx512, have_avx512, 0},
-    {"avx2", &cbp_table_f32_avx2, &cbp_table_f64_avx2, have_avx2, 1},
+    {"avx512", &cbp_table_f32_avx512, &cbp_table_f64_avx512, have_avx512, intel},
+    {"avx2", &cbp_table_f32_avx2, &cbp_table_f64_avx2, have_avx2, always},
 #endif
-    {CBP_BASELINE_NAME, &cbp_table_f32_base, &cbp_table_f64_base, always, 1},
+    {CBP_BASELINE_NAME, &cbp_table_f32_base, &cbp_table_f64_base, always, always},
 };
 
 enum { N_COMPILED = sizeof(compiled) / sizeof(compiled[0]) };
@@ -84,7 +97,7 @@ const char *cbp_isa_default(void)
 {
     int j;
     for (j = 0; j < N_COMPILED; j++) {
-        if (compiled[j].preferred && compiled[j].supported())
+        if (compiled[j].preferred() && compiled[j].supported())
             return compiled[j].name;
     }
     return CBP_BASELINE_NAME;

@@ -8,12 +8,19 @@
    passes mh = the channel mean rounded to T: x - mh is exact for x near the
    mean, and the remaining mean - mh is applied once per channel in float64. */
 
+/* A table may build plane_backprop for a narrower instruction set than its
+   other kernels (table_f64_avx512.c says why): lanes_total has no target of
+   its own, so that it inlines into either and is compiled for its caller's. */
+#ifndef CBP_PLANE_BACKPROP_TARGET
+#define CBP_PLANE_BACKPROP_TARGET CBP_TARGET
+#endif
+
 /* ta, tb := sums of the L lanes of a, b (L a power of two >= 8), added
    pairwise in float64 (u, v: double[L / 2] scratch). Vectorized: a scalar
    fold cost as much as the whole second pass of a block, and more than a
    7x7 plane. Forced inline so that a and b stay in registers. */
-CBP_INLINE CBP_TARGET void lanes_total(ptrdiff_t L, const T *a, const T *b, double *u,
-                                       double *v, double *ta, double *tb)
+CBP_INLINE void lanes_total(ptrdiff_t L, const T *a, const T *b, double *u, double *v,
+                            double *ta, double *tb)
 {
     ptrdiff_t j, h;
     CBP_SIMD for (j = 0; j < L / 2; j++) {
@@ -36,8 +43,9 @@ CBP_INLINE CBP_TARGET void lanes_total(ptrdiff_t L, const T *a, const T *b, doub
    scalar sum. The float32 range check is the driver's, once per channel of
    a unit (nchw_backprop_unit): a check per plane cost up to 1.3x the time
    on 7x7 planes. */
-static CBP_TARGET void plane_backprop(const T *x, const T *dy, ptrdiff_t S, const T *mh,
-                                      double *sum_dy, double *sum_dyxc)
+static CBP_PLANE_BACKPROP_TARGET void plane_backprop(const T *x, const T *dy, ptrdiff_t S,
+                                                     const T *mh, double *sum_dy,
+                                                     double *sum_dyxc)
 {
     enum { L = CBP_PLANE_LANES, ROWS = CBP_PLANE_BLOCK / CBP_PLANE_LANES };
     T a[L], b[L], ra = 0, rb = 0, m = *mh;

@@ -13,13 +13,19 @@
    each output line (read for ownership), and the output does not push the
    inputs out of the caches. Same arithmetic, so the same bits. */
 
+/* A table may build the sweeps for a narrower instruction set than its
+   reductions (table_f32_avx512.c says why). */
+#ifndef CBP_SWEEP_TARGET
+#define CBP_SWEEP_TARGET CBP_TARGET
+#endif
+
 /* `rows` (1 or 4) rows st apart, per-element coefficients. The four-row
    loops read all four rows before they store: rows are often a multiple of
    4 KiB apart, and a load that follows a store to the same address mod 4096
    waits for it (4K aliasing). */
-static CBP_TARGET void rows_sweep(const T *x, const T *dy, T *out, int rows, ptrdiff_t st,
-                                  ptrdiff_t m, const T *mh, const T *a, const T *b,
-                                  const T *k)
+static CBP_SWEEP_TARGET void rows_sweep(const T *x, const T *dy, T *out, int rows, ptrdiff_t st,
+                                        ptrdiff_t m, const T *mh, const T *a, const T *b,
+                                        const T *k)
 {
     ptrdiff_t j;
     if (rows == 4 && dy) {
@@ -52,8 +58,8 @@ static CBP_TARGET void rows_sweep(const T *x, const T *dy, T *out, int rows, ptr
 
 /* nc consecutive planes of S elements (a contiguous run of channels of one
    image), per-channel coefficients broadcast inside each plane. */
-static CBP_TARGET void run_sweep(const T *x, const T *dy, T *out, ptrdiff_t nc, ptrdiff_t S,
-                                 const T *mh, const T *a, const T *b, const T *k)
+static CBP_SWEEP_TARGET void run_sweep(const T *x, const T *dy, T *out, ptrdiff_t nc, ptrdiff_t S,
+                                       const T *mh, const T *a, const T *b, const T *k)
 {
     ptrdiff_t c, s;
     for (c = 0; c < nc; c++) {
@@ -77,9 +83,9 @@ static CBP_TARGET void run_sweep(const T *x, const T *dy, T *out, ptrdiff_t nc, 
    through a 64-byte buffer per row, the rest through rows_sweep. Four rows
    need st * sizeof(T) to be a multiple of 64, so that they share their
    alignment; else they go one at a time. */
-static CBP_TARGET void rows_sweep_nt(const T *x, const T *dy, T *out, int rows, ptrdiff_t st,
-                                     ptrdiff_t m, const T *mh, const T *a, const T *b,
-                                     const T *k)
+static CBP_SWEEP_TARGET void rows_sweep_nt(const T *x, const T *dy, T *out, int rows, ptrdiff_t st,
+                                           ptrdiff_t m, const T *mh, const T *a, const T *b,
+                                           const T *k)
 {
     enum { V = 64 / sizeof(T) };
     T t[4][V];
@@ -150,9 +156,9 @@ static CBP_TARGET void rows_sweep_nt(const T *x, const T *dy, T *out, int rows, 
 /* The elements from column j to the next row or to the end of n, or to the
    end of the line at the element limit (whichever is first), through
    rows_sweep; returns how many. A helper of flat_sweep_nt. */
-static CBP_TARGET ptrdiff_t flat_part(const T *x, const T *dy, T *out, ptrdiff_t n,
-                                      ptrdiff_t W, ptrdiff_t j, const T *mh, const T *a,
-                                      const T *b, const T *k)
+static CBP_SWEEP_TARGET ptrdiff_t flat_part(const T *x, const T *dy, T *out, ptrdiff_t n,
+                                            ptrdiff_t W, ptrdiff_t j, const T *mh, const T *a,
+                                            const T *b, const T *k)
 {
     ptrdiff_t m = W - j < n ? W - j : n;
     rows_sweep(x, dy, out, 1, W, m, mh + j, a + j, b + j, k + j);
@@ -170,9 +176,9 @@ static CBP_TARGET ptrdiff_t flat_part(const T *x, const T *dy, T *out, ptrdiff_t
    32x112x112x64 float32 from 5.3 ms to 9.2 ms, in a C loop over arrays 16
    bytes past a line (AMD EPYC Zen 5; the loads of that one line cost most
    of it). The arithmetic of every element is that of rows_sweep. */
-static CBP_TARGET void flat_sweep_nt(const T *x, const T *dy, T *out, ptrdiff_t n, ptrdiff_t W,
-                                     ptrdiff_t j, const T *mh, const T *a, const T *b,
-                                     const T *k)
+static CBP_SWEEP_TARGET void flat_sweep_nt(const T *x, const T *dy, T *out, ptrdiff_t n,
+                                           ptrdiff_t W, ptrdiff_t j, const T *mh, const T *a,
+                                           const T *b, const T *k)
 {
     enum { V = 64 / sizeof(T) };
     T t[V];
@@ -223,9 +229,9 @@ static CBP_TARGET void flat_sweep_nt(const T *x, const T *dy, T *out, ptrdiff_t 
 
 /* run_sweep with streaming stores for the aligned whole lines of each plane;
    its first and last partial lines go through run_sweep. */
-static CBP_TARGET void run_sweep_nt(const T *x, const T *dy, T *out, ptrdiff_t nc,
-                                    ptrdiff_t S, const T *mh, const T *a, const T *b,
-                                    const T *k)
+static CBP_SWEEP_TARGET void run_sweep_nt(const T *x, const T *dy, T *out, ptrdiff_t nc,
+                                          ptrdiff_t S, const T *mh, const T *a, const T *b,
+                                          const T *k)
 {
     enum { V = 64 / sizeof(T) };
     T t[V];
