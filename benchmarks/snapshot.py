@@ -76,8 +76,10 @@ def write(run_path, title, intro="", previous=None, out=sys.stdout):
     m = meta.get("machine", {})
     p(f"- CPU: {m.get('cpu', '?')}, {m.get('nproc', '?')} cores; detected caches: "
       f"L1d {caches.get('l1d', 0) >> 10} KiB, L2 {caches.get('l2', 0) >> 10} KiB, "
-      f"L3 {caches.get('l3', 0) >> 20} MiB ({caches.get('source', '?')}); "
-      f"ISA {cfg.get('isa', '?')} of {cfg.get('isa_available', '?')}")
+      f"L3 {caches.get('l3', 0) >> 20} MiB ({caches.get('source', '?')})"
+      + (f", counted as {caches.get('last_level_cache', 0) >> 20} MiB"
+         if caches.get("last_level_cache_capped") else "")
+      + f"; ISA {cfg.get('isa', '?')} of {cfg.get('isa_available', '?')}")
     p(f"- build {build.get('git_commit', '?')[:7]}"
       + (" (modified)" if build.get("src_modified") else "")
       + f"; Python {meta.get('python')}, NumPy {meta.get('numpy')}, PyTorch {meta.get('torch')};"

@@ -33,7 +33,9 @@ def _key(r):
 
 def _l3_of(meta):
     try:
-        return int(meta["cbp_config"]["caches"]["l3"]) or None
+        caches = meta["cbp_config"]["caches"]
+        # the L3 cbp counted on (a VM's claim of its host's L3 cut to what it keeps)
+        return int(caches.get("last_level_cache") or caches["l3"]) or None
     except (KeyError, TypeError, ValueError):
         return None
 
