@@ -67,6 +67,11 @@ CASES = [
     # from 8 KiB), widened rows over 4 MiB
     ((9, 2050), "NCHW", "float64", None),
     ((600, 1030), "NCHW", "float64", None),
+    # quarters that would start a multiple of 4 KiB apart take one row fewer
+    # (CBP_PART_SKEW_BYTES): fused NHWC rows of 2 KiB, 2-D rows of 2 and 6 KiB
+    ((4, 256, 8, 8), "NHWC", "float32", None),
+    ((256, 768), "NCHW", "float64", None),
+    ((1024, 512), "NCHW", "float32", None),
     # NCHW short planes as plane runs: 56 images per image group, image blocks
     # of 1, 1, 2, 4, 8, 16 and 24
     ((225, 300, 7, 7), "NCHW", "float64", None),

@@ -26,6 +26,7 @@ cdef extern from "cbp_tuning.h":
         SWEEP_QUARTER_ROW_BYTES "CBP_SWEEP_QUARTER_ROW_BYTES"
         QUARTER_BYTES "CBP_QUARTER_BYTES"
         EIGHTH_ROW_BYTES "CBP_EIGHTH_ROW_BYTES"
+        PART_SKEW_BYTES "CBP_PART_SKEW_BYTES"
     double F32_TINY "CBP_F32_TINY"
     # SCHEDULE constants (speed only)
     enum:

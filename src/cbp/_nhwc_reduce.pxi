@@ -60,6 +60,19 @@ cdef inline Py_ssize_t rows_step(Py_ssize_t i, Py_ssize_t i_end, Py_ssize_t full
     return 1
 
 
+cdef inline Py_ssize_t part_rows(Py_ssize_t full, Py_ssize_t parts,
+                                 Py_ssize_t row_bytes) noexcept nogil:
+    # rows in each of the `parts` parts of `full` rows row_bytes apart: one
+    # fewer than full // parts where the parts would start a multiple of
+    # PART_SKEW_BYTES apart (csrc/cbp_tuning.h). Shape only, so the same for
+    # every thread count and instruction set.
+    cdef Py_ssize_t q = full // parts
+    if (q > 1 and row_bytes % PART_SKEW_BYTES != 0
+            and (q * row_bytes) % PART_SKEW_BYTES == 0):
+        return q - 1
+    return q
+
+
 cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows,
                          Py_ssize_t st, Py_ssize_t m, Py_ssize_t last_m, Py_ssize_t full,
                          const floating* mh_w, bint checked, double* s1,
@@ -69,8 +82,8 @@ cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows
     # row of a row group can be short) are last_m wide. `full` is the row
     # group's, whatever columns of it this call sums, so that every column's
     # rows are added in the same order in any piece.
-    # The q = full // 4 first rows of each quarter of the full-width rows go
-    # together: step i adds rows i, q + i, 2q + i and 3q + i, so each
+    # The q = part_rows(full, 4) first rows of each quarter of the full-width
+    # rows go together: step i adds rows i, q + i, 2q + i and 3q + i, so each
     # accumulator is loaded and stored once per four rows while memory is read
     # as four long sequential streams per array (csrc/cbp_tuning.h). (Four
     # adjacent rows instead were up to 2.4x slower on rows of 1 KiB, where
@@ -80,7 +93,7 @@ cdef int column_backprop(const floating* x, const floating* dy, Py_ssize_t nrows
     cdef floating* ady
     cdef floating* adx
     cdef Py_ssize_t i = 0, i1, j
-    cdef Py_ssize_t q = full // 4
+    cdef Py_ssize_t q = part_rows(full, 4, st * <Py_ssize_t>sizeof(floating))
     if raw == NULL:
         return -1
     ady = <floating*>cbp_place(raw, x, 0)
@@ -218,8 +231,8 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
     # total M2 (n_a >= nb rows came before), so the error stays below
     # 3 * gamma of the total M2 for any data.
     # With parts = 4 (or 8: moment_parts), the first blocks take their rows
-    # from the four quarters (eighths) of the q = full // parts first full
-    # rows, one from each per step as in column_backprop (quarters in NHWC:
+    # from the four quarters (eighths) of the q = part_rows(full, parts)
+    # first full rows, one from each per step as in column_backprop (quarters in NHWC:
     # 0.75x-0.95x the time with one thread, 0.9x-1.04x with two; NCHW short
     # planes, whose rows are far apart anyway: 1.07x-1.37x, so parts = 0
     # there); the remaining rows follow in blocks of their own.
@@ -240,7 +253,8 @@ cdef int column_moments(const floating* x, Py_ssize_t nrows, Py_ssize_t stride,
     # The first block's second pass re-reads it from cache: four rows at a
     # time (each accumulator loaded and stored once per four rows, 1.2x
     # faster). The caller decides `four` (row_moments_four).
-    cdef Py_ssize_t q = full // parts if parts > 0 else 0
+    cdef Py_ssize_t q = (part_rows(full, parts, stride * <Py_ssize_t>sizeof(floating))
+                         if parts > 0 else 0)
     cdef Py_ssize_t most = (APART_ROWS if parts == 0 else 4) if four else 1
     if raw == NULL:
         return -1

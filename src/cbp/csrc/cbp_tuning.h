@@ -134,6 +134,19 @@
    (benchmarks/README.md). */
 #define CBP_EIGHTH_ROW_BYTES 8192
 
+/* The quarters (eighths) of a row group hold full // parts rows each, one
+   row fewer where that would put them a multiple of PART_SKEW_BYTES apart
+   (and the rows are not): parts that far apart start every step in the same
+   L1d set and at the same offset of a 4 KiB page, and on an Intel Xeon
+   (family 6 model 167) such aligned quarters read from memory no faster
+   than one row at a time (backprop sums 32x256x56x56 NHWC float32
+   1.00x-1.04x its time, 8x32x32x64x64 float64 1.09x-1.15x), while one row
+   fewer per quarter took 0.86x-0.94x the time of aligned quarters there
+   (one and two threads) and the moments 0.81x-1.00x; unaligned shapes
+   (33x256x53x53) already ran at 0.90x of one row at a time. Chosen by: the
+   quarter-skew A/B of the performance issue (benchmarks/README.md). */
+#define CBP_PART_SKEW_BYTES 4096
+
 /* Sums of n float32 products or squares smaller than n times this are
    redone in float64 (wide.h): each term can lose at most 2^-150 to
    underflow, so a sum of at least n * 2^-100 has lost at most 2^-50 of
