@@ -105,7 +105,9 @@ def test_plan_units_cover_the_array_for_any_team(op, shape, layout, dtype):
         info = cbp.plan_info(shape, dtype=dtype, layout=layout, op=op, num_threads=nt)
         # units are fixed by the shape; only their spread over threads changes
         assert info["unit_elements"] == base["unit_elements"]
-        assert info["kernel"] == base["kernel"]
+        # the same path; whether it is cache blocked follows the team's L2s
+        blocked = "_cache_blocked"
+        assert info["kernel"].removesuffix(blocked) == base["kernel"].removesuffix(blocked)
         team = min(nt, max(1, size // grain))  # no thread for less than a grain
         assert info["threads"] == team and len(info["thread_elements"]) == team
         assert sum(info["thread_elements"]) == size
@@ -137,7 +139,24 @@ def test_caches_are_reported():
     assert caches["cache_block"] == caches["last_level_cache"] // 8 * 3
     assert caches["streaming_store_from"] == caches["last_level_cache"] // 2
     assert caches["streaming_store_rows_from"] == caches["last_level_cache"] // 3
-    assert cbp._kernels.cache_block_bytes() == caches["cache_block"]
+    # the default block: 3/8 of the LLC, at most 3/8 of each thread's L2 share per thread
+    l2_share = caches["l2"] // max(1, caches["l2_shared_by"])
+    assert caches["cache_block_per_thread"] == l2_share // 8 * 3
+    assert cbp._kernels.cache_block_bytes() == 0  # none set
+    for team in (1, 2, 16, 128):
+        want = caches["cache_block"]
+        if l2_share:
+            want = min(want, team * caches["cache_block_per_thread"])
+        assert cbp.cython_api.default_cache_block(team) == want
+    for team in (1, 2):
+        info = cbp.plan_info((32, 64, 64, 64), num_threads=team)
+        assert info["threads"] == team
+        assert info["cache_block_bytes"] == cbp.cython_api.default_cache_block(team)
+    old = cbp._kernels.cache_block_bytes(12345)
+    try:  # a block that is set holds for every team
+        assert cbp.plan_info((32, 64, 64, 64), num_threads=2)["cache_block_bytes"] == 12345
+    finally:
+        cbp._kernels.cache_block_bytes(old)
     # 4 KiB blocks, as many as a third of the L1d holds beside the one in use
     blocks = (caches["l1d"] or 32 << 10) // (3 << 12) - 1
     assert caches["moments_prefetch_ahead"] == 4096 * min(4, max(1, blocks))
@@ -178,6 +197,8 @@ def test_cache_sizes_override(text, l1d, l2, l3):
         assert got["last_level_cache"] == (l3 or got["l2"] or 8 << 20)
     if l1d is not None:
         assert got["moments_prefetch_ahead"] == 3 * 4096  # 48 KiB
+    if l2 is not None:  # an L2 given has no sharing count: all of it per thread
+        assert got["cache_block_per_thread"] == l2 // 8 * 3
 
 
 @pytest.mark.parametrize("l1d,ahead", [("0", 4096), ("16K", 4096), ("32K", 4096),

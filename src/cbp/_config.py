@@ -69,7 +69,9 @@ def show_config(*, print_out: bool = True) -> dict:
     the schedule sizes cbp derives from the last level (the L3, else the L2,
     else an assumed 8 MiB; a detected L3 counts for at most 16 times the L2s
     that share it, ``last_level_cache_capped``, as a virtual machine may report
-    its host's whole L3 as its own): the fused passes' cache block (3/8 of it), the
+    its host's whole L3 as its own): the fused passes' cache block (3/8 of it,
+    and at most ``cache_block_per_thread``, 3/8 of a thread's share of its L2,
+    per thread of a call's team), the
     output size from which sweeps use streaming stores (1/2) and the array
     size from which long channels-last rows are swept by quarters (1x); and
     from the L1d (32 KiB when not reported): ``moments_prefetch_ahead``, the
@@ -125,8 +127,10 @@ def plan_info(shape, *, dtype="float32", layout="NCHW", op="batch_norm_backward"
       ``thread_elements``: per thread,
       the x elements it reads in the reductions (in the sweep where there is no
       reduction) under OpenMP's static schedule. mean / max of it is the balance.
-    - ``cache_block_bytes``: the fused NCHW passes' block size (the kernel name
-      ends in ``_cache_blocked`` where a call re-reads blocks from cache);
+    - ``cache_block_bytes``: the fused NCHW passes' block size for this team (3/8
+      of the last-level cache, at most ``caches["cache_block_per_thread"]`` per
+      thread; the kernel name ends in ``_cache_blocked`` where a call re-reads
+      blocks from cache);
       ``blocks``: how many parallel loops the reduction runs, one after another; ``isa``: the active instruction set;
       ``streaming_stores``: whether the sweep writes with non-temporal stores;
       ``widen``: rows fused per row-kernel row (channels-last and 2-D data);
@@ -165,13 +169,14 @@ def plan_info(shape, *, dtype="float32", layout="NCHW", op="batch_norm_backward"
                            why="the largest team plan_info describes")
     if C == 0 or N * S == 0:
         threads = 1 if cython_api.in_forked_child() else nt
-        info = {"op": op, "threads": threads, "cache_block_bytes": _kernels.cache_block_bytes(),
+        info = {"op": op, "threads": threads,
+                "cache_block_bytes": (_kernels.cache_block_bytes()
+                                      or cython_api.default_cache_block(threads)),
                 "isa": cython_api.isa(), "reduction": None, "sweep": None, "kernel": "empty",
                 "blocks": 0, "units": 0, "unit_elements": [], "partial_bytes": 0,
                 "thread_elements": [0] * threads}
     else:
-        info = cython_api.describe_plan(N, C, S, dt.itemsize, op, nt,
-                                        _kernels.cache_block_bytes())
+        info = cython_api.describe_plan(N, C, S, dt.itemsize, op, nt, 0)
     info.update(shape=shp, dtype=dt.name, layout=layout, block=(N, C, S),
                 caches=cython_api.caches())
     return info

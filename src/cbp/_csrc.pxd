@@ -44,6 +44,7 @@ cdef extern from "cbp_tuning.h":
 cdef extern from "cbp_tuning.h" nogil:
     # the sizes that follow the last-level cache
     Py_ssize_t CACHE_BLOCK_OF "CBP_CACHE_BLOCK_OF"(Py_ssize_t llc) noexcept
+    Py_ssize_t L2_BLOCK_OF "CBP_L2_BLOCK_OF"(Py_ssize_t l2) noexcept
     Py_ssize_t SWEEP_QUARTER_OF "CBP_SWEEP_QUARTER_OF"(Py_ssize_t llc) noexcept
     Py_ssize_t NT_STORE_OF "CBP_NT_STORE_OF"(Py_ssize_t llc) noexcept
     Py_ssize_t NT_ROWS_OF "CBP_NT_ROWS_OF"(Py_ssize_t llc) noexcept

@@ -5,7 +5,8 @@
 
 # `cache_bytes` is the size of x (and dy) data per NCHW cache block in the fused
 # passes: the second sweep of a block re-reads it from L3 instead of DRAM
-# (default 3/8 of the last-level cache, csrc/cbp_tuning.h). Planes shorter than
+# (default 3/8 of the last-level cache, at most 3/8 of the team's L2s, so that
+# where the L2 is large it is re-read from L2: csrc/cbp_tuning.h). Planes shorter than
 # SHORT_PLANE are not cache blocked: a block then holds only short runs of each
 # image (24 KiB for 256x2048x7x7), which stream badly (measured 1.4x slower
 # than two sweeps).

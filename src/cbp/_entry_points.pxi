@@ -53,12 +53,13 @@ def probe_team(int n, int have):
 
 
 def cache_block_bytes(value=None):
-    """Get (and optionally set) the fused NCHW passes' cache block size in bytes."""
+    """Get (and optionally set) the fused NCHW passes' cache block size in bytes;
+    0 = the default, which follows the team (default_cache_block)."""
     global _cache_block_bytes
-    old = _cache_block_bytes if _cache_block_bytes > 0 else _default_cache_block
+    old = _cache_block_bytes
     if value is not None:
-        if value < 1:
-            raise ValueError("cache block size must be >= 1 byte")
+        if value < 0:
+            raise ValueError("cache block size must be >= 1 byte, or 0 for the default")
         _cache_block_bytes = value
     return old
 
@@ -86,14 +87,29 @@ def set_last_level_cache(Py_ssize_t llc):
     set_llc(llc)
 
 
+def set_l2_cache(long long l2_per_thread):
+    """Bound the default cache block by 3/8 of l2_per_thread bytes per thread (0: none)."""
+    if l2_per_thread < 0:
+        raise ValueError("the L2 size must be >= 0 bytes")
+    set_l2(l2_per_thread)
+
+
+def default_cache_block(int team):
+    """The fused NCHW passes' cache block of a call on `team` threads when none is set."""
+    if team < 1:
+        raise ValueError("team must be >= 1")
+    return default_block(team)
+
+
 def grain_elements():
     """The fewest elements of x per thread a call starts a thread for."""
     return GRAIN_ELEMS
 
 
 def schedule_sizes():
-    """The sizes derived from the last-level cache, in bytes."""
+    """The sizes derived from the last-level cache (and the L2), in bytes."""
     return {"last_level_cache": _llc_bytes, "cache_block": _default_cache_block,
+            "cache_block_per_thread": _l2_block_bytes,
             "streaming_store_from": _nt_store_bytes,
             "streaming_store_rows_from": _nt_rows_bytes,
             "nhwc_sweep_quarters_from": _sweep_quarter_bytes,

@@ -44,6 +44,9 @@ cdef Py_ssize_t _default_cache_block = CACHE_BLOCK_OF(LLC_DEFAULT_BYTES)
 cdef Py_ssize_t _nt_store_bytes = NT_STORE_OF(LLC_DEFAULT_BYTES)
 cdef Py_ssize_t _nt_rows_bytes = NT_ROWS_OF(LLC_DEFAULT_BYTES)
 cdef Py_ssize_t _sweep_quarter_bytes = SWEEP_QUARTER_OF(LLC_DEFAULT_BYTES)
+# ... and the default cache block's bound per thread of a team, from each
+# thread's share of its L2 (0: no L2 reported, no bound)
+cdef Py_ssize_t _l2_block_bytes = 0
 
 
 cdef void set_llc(Py_ssize_t llc) noexcept nogil:
@@ -54,6 +57,19 @@ cdef void set_llc(Py_ssize_t llc) noexcept nogil:
     _nt_store_bytes = NT_STORE_OF(llc)
     _nt_rows_bytes = NT_ROWS_OF(llc)
     _sweep_quarter_bytes = SWEEP_QUARTER_OF(llc)
+
+
+cdef void set_l2(Py_ssize_t l2_per_thread) noexcept nogil:
+    global _l2_block_bytes
+    _l2_block_bytes = L2_BLOCK_OF(l2_per_thread) if l2_per_thread > 0 else 0
+
+
+cdef inline Py_ssize_t default_block(int team) noexcept nogil:
+    # the fused NCHW passes' cache block when none is set: 3/8 of the LLC,
+    # at most 3/8 of the team's L2s (csrc/cbp_tuning.h)
+    if _l2_block_bytes > 0 and _l2_block_bytes * team < _default_cache_block:
+        return _l2_block_bytes * team
+    return _default_cache_block
 
 
 cdef inline Py_ssize_t coef_stride(Py_ssize_t W) noexcept nogil:

@@ -63,11 +63,14 @@ def _flat_units(Py_ssize_t total):
 
 def describe_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t itemsize, str op,
                   int nthreads, Py_ssize_t cache_bytes):
-    """The plan of `op` on an (N, C, S) block (see cbp.plan_info)."""
+    """The plan of `op` on an (N, C, S) block (see cbp.plan_info); cache_bytes 0:
+    the block a call would use (cache_block_bytes, else the team's default)."""
     cdef PlanePlan p
     cdef Py_ssize_t c0, c1, nblocks = 0, k
     reduction, fused, sweep = _OPS[op]
     threads = _team(nthreads, N * C * S)
+    if cache_bytes <= 0:
+        cache_bytes = _cache(_cache_block_bytes, threads)
     counts = [0] * threads
     units = []
     info = {"op": op, "threads": threads, "cache_block_bytes": cache_bytes,

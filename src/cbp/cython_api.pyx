@@ -152,6 +152,7 @@ def _configure_caches_at_import():
     info["last_level_cache_capped"] = bool(llc) and llc < (info["l3"] or info["l2"])
     set_last_level_cache(llc or LLC_DEFAULT_BYTES)
     set_l1d_cache(info["l1d"])
+    set_l2_cache(info["l2"] // max(1, info["l2_shared_by"]))
     info.update(schedule_sizes())
     _CACHES = info
 
@@ -185,8 +186,8 @@ cdef inline int _team(int num_threads, Py_ssize_t elements) noexcept nogil:
     return num_threads if num_threads <= most else <int>most
 
 
-cdef inline Py_ssize_t _cache(Py_ssize_t cache_bytes) noexcept nogil:
-    return cache_bytes if cache_bytes > 0 else _default_cache_block
+cdef inline Py_ssize_t _cache(Py_ssize_t cache_bytes, int team) noexcept nogil:
+    return cache_bytes if cache_bytes > 0 else default_block(team)
 
 
 cdef inline void _zeros(double* a, Py_ssize_t C) noexcept nogil:
@@ -244,6 +245,7 @@ cdef int _backward(const floating* x, const floating* dy, floating* out, Py_ssiz
                    Py_ssize_t C, Py_ssize_t S, const double* mean, const double* inv_std,
                    const double* scale, double* dscale, double* dbias, Py_ssize_t cache_bytes,
                    int num_threads) noexcept nogil:
+    cdef int team
     if _bad_dims(N, C, S, num_threads):
         return _INVALID
     if C == 0:
@@ -252,9 +254,9 @@ cdef int _backward(const floating* x, const floating* dy, floating* out, Py_ssiz
         _zeros(dscale, C)
         _zeros(dbias, C)
         return _OK
+    team = _team(num_threads, N * C * S)
     return backward_driver(x, dy, out, N, C, S, mean, inv_std, scale, <double>(N * S),
-                           dscale, dbias, _cache(cache_bytes),
-                           _team(num_threads, N * C * S))
+                           dscale, dbias, _cache(cache_bytes, team), team)
 
 
 cdef int _forward(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
@@ -262,6 +264,7 @@ cdef int _forward(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t C, 
                   double* m2, double* inv_std, Py_ssize_t cache_bytes,
                   int num_threads) noexcept nogil:
     cdef Py_ssize_t c
+    cdef int team
     if _bad_dims(N, C, S, num_threads) or not eps > 0:
         return _INVALID
     if C == 0:
@@ -272,8 +275,9 @@ cdef int _forward(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t C, 
         for c in range(C):
             inv_std[c] = 1.0 / sqrt(eps)
         return _OK
+    team = _team(num_threads, N * C * S)
     return forward_driver(x, out, N, C, S, scale, bias, eps, mean, m2, inv_std,
-                          _cache(cache_bytes), _team(num_threads, N * C * S))
+                          _cache(cache_bytes, team), team)
 
 
 cdef int _affine(const floating* x, floating* out, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,

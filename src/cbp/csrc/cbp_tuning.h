@@ -184,6 +184,17 @@
    the performance issue (benchmarks/README.md). */
 #define CBP_LLC_PER_L2 16
 #define CBP_CACHE_BLOCK_OF(llc) ((llc) / 8 * 3)
+/* ... and at most as many bytes as 3/8 of the L2s of the call's team
+   (L2_BLOCK_OF of each thread's share of its L2), so that where the L2 is
+   large the second sweep re-reads a block from L2 rather than L3: on an
+   Intel Xeon (family 6 model 167, 2 MiB L2, 64 MiB counted L3) a block of
+   768 KiB per thread took 0.70x-0.78x the time of the LLC's 24 MiB for the
+   NCHW backward of 8x64x28x28 to 32x64x28x28 and 0.77x-0.96x on
+   32x256x28x28 and 32x256x56x56 (one and two threads, float32 and float64),
+   the forward 0.77x-1.00x; 384 KiB per thread measured no better and
+   1.5 MiB per thread with two threads worse. Chosen by: the L2-block A/B
+   of the performance issue (benchmarks/README.md). */
+#define CBP_L2_BLOCK_OF(l2) ((l2) / 8 * 3)
 
 /* A call runs at most one thread per GRAIN_ELEMS elements of x: below that
    waking a thread costs more than it saves (and far more while other
