@@ -490,8 +490,9 @@ def _drifting_rows(kind, R, C, rng):
                          ids=["float32", "float64"])
 @pytest.mark.parametrize("shape,layout", [((40000, 48), "NCHW"), ((50, 300, 20, 20), "NHWC"),
                                           ((64, 30, 7, 7), "NCHW"), ((225, 300, 7, 7), "NCHW"),
-                                          ((360, 300, 5, 5), "NCHW")],
-                         ids=["2-D", "NHWC", "NCHW-7x7", "NCHW-7x7-tall", "NCHW-5x5-tall"])
+                                          ((360, 300, 5, 5), "NCHW"), ((12, 3, 48, 48), "NCHW")],
+                         ids=["2-D", "NHWC", "NCHW-7x7", "NCHW-7x7-tall", "NCHW-5x5-tall",
+                              "NCHW-48x48"])
 def test_moments_of_drifting_rows(kind, dtype, rtol, shape, layout):
     # Row moments sum each block after the first about the running mean of the
     # rows before it; Chan's merge bounds that error by a few float ulps of the
@@ -500,7 +501,8 @@ def test_moments_of_drifting_rows(kind, dtype, rtol, shape, layout):
     # (runs_moments_piece; 225x300x7x7: 56 images per image group). The 5x5
     # planes of 360x300x5x5 run the column kernels with 45 images per image
     # group: blocks of 32 and 13 rows, read eight images per step
-    # (APART_ROWS), then four, then one.
+    # (APART_ROWS), then four, then one. Long planes (48x48) go block by block
+    # in plane_moments, every block after a unit's first about the running mean.
     rng = np.random.default_rng(31)
     shp = layout_shape(shape, layout)
     z = _drifting_rows(kind, int(np.prod(shp)) // shape[1], shape[1], rng)
@@ -511,6 +513,30 @@ def test_moments_of_drifting_rows(kind, dtype, rtol, shape, layout):
     for num_threads in (1, 2):
         st = cbp.channel_stats(x, layout=layout, num_threads=num_threads)
         count, mean, var, m2 = ref.channel_stats(x, layout)
+        np.testing.assert_allclose(st.var, var, rtol=rtol)
+        np.testing.assert_allclose(st.mean, mean, rtol=0,
+                                   atol=rtol * (np.abs(mean) + np.sqrt(var)).max())
+
+
+@pytest.mark.parametrize("kind", ["first block far", "first row far", "step", "trend", "sorted"])
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-6), (np.float64, 1e-12)],
+                         ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (5, 2, 30, 50), (1, 2, 256, 200)],
+                         ids=["64x64", "30x50", "256x200"])
+def test_moments_of_drifting_planes(kind, dtype, rtol, shape):
+    # The drift along each NCHW plane: plane_moments sums every block of a
+    # plane after a unit's first about the running mean of the elements
+    # before it (csrc/plane_reduce.h), so a block far from the elements
+    # before it must cost no accuracy either. 256x200 planes are cut into
+    # chunks (units of their own, merged afterwards).
+    rng = np.random.default_rng(37)
+    N, C = shape[:2]
+    S = shape[2] * shape[3]
+    z = _drifting_rows(kind, S, N * C, rng).T.reshape(shape)
+    x = z.astype(dtype)
+    for num_threads in (1, 2):
+        st = cbp.channel_stats(x, num_threads=num_threads)
+        count, mean, var, m2 = ref.channel_stats(x, "NCHW")
         np.testing.assert_allclose(st.var, var, rtol=rtol)
         np.testing.assert_allclose(st.mean, mean, rtol=0,
                                    atol=rtol * (np.abs(mean) + np.sqrt(var)).max())

@@ -78,14 +78,20 @@ static CBP_PLANE_BACKPROP_TARGET void plane_backprop(const T *x, const T *dy, pt
     *sum_dyxc += tb + rb;
 }
 
-/* Corrected two-pass moments per block of B elements (4 KiB, in L1 for the
-   second pass), merged into (*count, *mean, *m2) by Chan. The second pass
-   also prefetches cbp_moments_ahead bytes ahead (one to four blocks, from
-   the L1d's size), so memory keeps streaming while the block is re-read
-   from L1 (one block ahead measured 1.25x-1.4x faster than none at one
-   thread on a 32 KiB L1d). Each of the L lanes adds at most 32 terms: a
-   block's last partial row goes half a row (vectorized), then one element
-   per lane. */
+/* Moments per block of B elements (4 KiB), merged into (*count, *mean, *m2)
+   by Chan. A unit's first block (*count == 0) is a corrected two-pass about
+   its own mean, the second pass from L1; every later block is one pass about
+   the running mean rounded to T, as the row moments do (_nhwc_reduce.pxi
+   has the bound: a block's float sums err by about gamma * (M2_b + nb *
+   delta^2), and the merge adds at least half of nb * delta^2 to M2, since
+   no block is longer than the elements before it, so the error stays below
+   3 gamma of the total M2 for any data). One pass from memory took
+   0.90x-0.94x the time of two on float64 planes (Intel Xeon, family 6 model
+   167, one and two threads). The pass from memory prefetches
+   cbp_moments_ahead bytes ahead (one to four blocks, from the L1d's size;
+   one block ahead measured 1.25x-1.4x faster than none at one thread on a
+   32 KiB L1d). Each of the L lanes adds at most 32 terms: a block's last
+   partial row goes half a row (vectorized), then one element per lane. */
 static CBP_TARGET void plane_moments(const T *x, ptrdiff_t S, double *count, double *mean,
                                      double *m2)
 {
@@ -108,25 +114,29 @@ static CBP_TARGET void plane_moments(const T *x, ptrdiff_t S, double *count, dou
            clears the float32 lanes with rep stos, which cost more than the
            block's adds on planes in cache; float64 keeps its lanes in
            registers, and storing there measured 1.07x slower in cache. */
-        s = s0;
-        if (sizeof(T) == 4 && nfull > s0) {
-            CBP_SIMD for (j = 0; j < L; j++) a[j] = x[s0 + j];
-            s = s0 + L;
+        if (*count > 0) {
+            bh = (T)*mean;
         } else {
-            for (j = 0; j < L; j++)
-                a[j] = 0;
+            s = s0;
+            if (sizeof(T) == 4 && nfull > s0) {
+                CBP_SIMD for (j = 0; j < L; j++) a[j] = x[s0 + j];
+                s = s0 + L;
+            } else {
+                for (j = 0; j < L; j++)
+                    a[j] = 0;
+            }
+            for (; s < nfull; s += L) {
+                CBP_SIMD for (j = 0; j < L; j++) a[j] += x[s + j];
+            }
+            if (end - s >= L / 2) {
+                CBP_SIMD for (j = 0; j < L / 2; j++) a[j] += x[s + j];
+                s += L / 2;
+            }
+            for (j = L / 2; s < end; s++, j++)
+                a[j] += x[s];
+            lanes_total(L, a, a, u, v, &s1, &s2);
+            bh = (T)(s1 / nb);
         }
-        for (; s < nfull; s += L) {
-            CBP_SIMD for (j = 0; j < L; j++) a[j] += x[s + j];
-        }
-        if (end - s >= L / 2) {
-            CBP_SIMD for (j = 0; j < L / 2; j++) a[j] += x[s + j];
-            s += L / 2;
-        }
-        for (j = L / 2; s < end; s++, j++)
-            a[j] += x[s];
-        lanes_total(L, a, a, u, v, &s1, &s2);
-        bh = (T)(s1 / nb);
         s = s0;
         if (sizeof(T) == 4 && nfull > s0) {
             for (h = 0; h < L; h += 64 / (ptrdiff_t)sizeof(T))
